@@ -1,0 +1,64 @@
+"""Every figure in the book goes through :func:`figure`, so all share one style and size.
+
+Chapter-specific figures live in ``medsoup/figures/<chapter>.py`` and build on these helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+STYLE = {"figure.dpi": 110, "savefig.dpi": 150, "axes.spines.top": False, "axes.spines.right": False,
+         "axes.grid": True, "grid.alpha": 0.3, "font.size": 10}
+
+
+def figure(nrows: int = 1, ncols: int = 1, width: float = 4.2, height: float = 3.2, **kwargs):
+    """``(fig, axes)`` with the book's style; ``width``/``height`` are per panel, in inches."""
+    matplotlib.rcParams.update(STYLE)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             layout="constrained", **kwargs)
+    return fig, (axes[0, 0] if nrows == ncols == 1 else axes)
+
+
+def learning_curves(history: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"), title: str = ""):
+    """Training loss and validation metrics per epoch for one run."""
+    fig, axes = figure(1, 2)
+    epochs = [h["epoch"] for h in history]
+    axes[0, 0].plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    axes[0, 0].plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    axes[0, 0].set(xlabel="epoch", ylabel="loss", title=title or "loss")
+    for metric in metrics:
+        axes[0, 1].plot(epochs, [h[f"val_{metric}"] for h in history], label=f"val {metric.upper()}")
+    axes[0, 1].set(xlabel="epoch", ylabel="metric", title="validation")
+    for ax in axes[0]:
+        ax.legend()
+    return fig
+
+
+def confusion_matrix(matrix: np.ndarray, labels: Sequence[str], title: str = "", normalise: bool = True):
+    """Heat map of a confusion matrix (rows: true class, columns: predicted class)."""
+    counts = np.asarray(matrix, dtype=float)
+    shown = counts / counts.sum(axis=1, keepdims=True).clip(min=1) if normalise else counts
+    side = max(3.2, 0.6 * len(labels) + 1.8)
+    fig, ax = figure(width=side, height=side * 0.85)
+    short = [label if len(label) <= 18 else label[:16] + "…" for label in labels]
+    sns.heatmap(shown, annot=True, fmt=".2f" if normalise else ".0f", cmap="Blues", ax=ax,
+                xticklabels=short, yticklabels=short, cbar=False, vmin=0)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return fig
+
+
+def bars_with_error(names: Sequence[str], means: Sequence[float], stds: Sequence[float], ylabel: str,
+                    title: str = "", ax=None):
+    """Bar chart of means with standard-deviation error bars."""
+    if ax is None:
+        fig, ax = figure(width=max(4.2, 0.8 * len(names)))
+    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=sns.color_palette("deep", len(names)))
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    return ax.figure

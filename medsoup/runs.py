@@ -1,0 +1,226 @@
+"""Runs: a config in, a stored result out; cached, resumable, and spread over any executor.
+
+A :class:`RunConfig` names the dataset, model, initialisation, training config and any
+in-training callbacks. :func:`run` stores its result under ``<cache>/<key>/`` where the key
+hashes the config and :func:`~medsoup.provenance.code_version`:
+
+* ``result.json``: config, history, best epoch, validation/test metrics, wall time, versions;
+* ``model.safetensors`` + ``model.json``: the final (best-epoch) weights and their architecture;
+* ``artifacts/<name>.safetensors``: what callbacks collected (e.g. FGG snapshots);
+* ``resume.*`` while training: the state :func:`~medsoup.train.fit` resumes from.
+
+A finished run is loaded, an interrupted one resumed, a new one trained. :func:`run_many` sends
+many runs to any ``concurrent.futures.Executor``-like object with ``submit`` (a process pool, a
+``dask.distributed.Client``), or runs them in order by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from medsoup import checkpoint as ckpt
+from medsoup.data import MedData, check_dataset, load_dataset
+from medsoup.models import create_model, family_of
+from medsoup.provenance import code_version, machine, package_versions
+from medsoup.train import Callback, TrainConfig, checked_fields, fit, resolve_device
+
+RUNS_ENV = "MEDSOUP_RUNS"
+
+#: In-training callbacks by name, as "module:attribute", imported when first used.
+CALLBACKS: dict[str, str] = {
+    "inmerge": "medsoup.inmerge:InMerge",
+    "cycle_snapshots": "medsoup.fgg:CycleSnapshots",
+}
+#: Model builders other than ``create_model``, as "module:attribute"; each is an object with
+#: ``build(config, data, cache) -> nn.Module`` and ``export(model, config, data) -> (nn.Module, dict)``.
+BUILDERS: dict[str, str] = {
+    "medmerge": "medsoup.medmerge:MedMergeBuilder",
+}
+
+
+def _resolve(table: dict[str, str], kind: str, name: str):
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table))}")
+    module, attribute = table[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. ``init`` is None (scratch), "imagenet", a checkpoint path, or another
+    RunConfig whose final model initialises this one (trained first if not cached)."""
+
+    dataset: str = "pneumoniamnist"
+    size: int = 28
+    model: str = "smallcnn"
+    in_chans: int = 3
+    init: Any = None
+    train: TrainConfig = TrainConfig()
+    train_subset: int | None = None
+    callbacks: tuple = ()
+    builder: str = "create"
+    builder_params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_dataset(self.dataset, self.size)
+        family_of(self.model)
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", TrainConfig.from_dict(self.train))
+        object.__setattr__(self, "callbacks", tuple((name, dict(params)) for name, params in self.callbacks))
+        for name, _ in self.callbacks:
+            if name not in CALLBACKS:
+                raise ValueError(f"unknown callback {name!r}; valid: {', '.join(sorted(CALLBACKS))}")
+        if self.builder != "create" and self.builder not in BUILDERS:
+            raise ValueError(f"unknown builder {self.builder!r}; valid: create, {', '.join(sorted(BUILDERS))}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Build from a flat mapping; unknown fields raise an error listing the valid ones."""
+        return cls(**checked_fields(cls, values))
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **checked_fields(type(self), changes))
+
+    def with_train(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, train=self.train.replace(**changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_key(config: RunConfig) -> str:
+    """16 hex digits of SHA-256 over the canonical JSON of the config and the code version."""
+    text = json.dumps({"config": config.to_dict(), "code": code_version()}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_root(cache: str | os.PathLike | None = None) -> Path:
+    """``cache`` if given, else ``$MEDSOUP_RUNS``, else ``./runs``."""
+    return Path(cache if cache is not None else os.environ.get(RUNS_ENV, "runs"))
+
+
+@dataclass
+class RunResult:
+    """A finished run as stored on disk."""
+
+    key: str
+    path: Path
+    config: dict
+    history: list[dict]
+    best_epoch: int
+    val: dict
+    test: dict
+    wall_time: float
+    artifacts: list[str]
+    code_version: str
+    versions: dict
+    machine: dict
+
+    @property
+    def model_stem(self) -> Path:
+        return self.path / "model"
+
+    def load_state(self) -> dict[str, torch.Tensor]:
+        return ckpt.load_checkpoint(self.model_stem)[0]
+
+    def load_model(self) -> nn.Module:
+        """The stored final model, rebuilt from its recorded architecture (on the CPU)."""
+        arch = ckpt.load_metadata(self.model_stem)["architecture"]
+        model = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
+        ckpt.load_state_into(model, self.load_state())
+        return model
+
+    def load_artifact(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self.artifacts:
+            raise KeyError(f"run {self.key} has no artifact {name!r}; it has: {', '.join(self.artifacts) or 'none'}")
+        return ckpt.load_checkpoint(self.path / "artifacts" / name)[0]
+
+    @classmethod
+    def load(cls, path: Path) -> "RunResult":
+        record = json.loads((path / "result.json").read_text())
+        return cls(path=path, **{f.name: record[f.name] for f in dataclasses.fields(cls) if f.name != "path"})
+
+
+def build_model(config: RunConfig, data: MedData, cache: str | os.PathLike | None = None) -> nn.Module:
+    """The model a run starts from (seeded by ``config.train.seed``)."""
+    torch.manual_seed(config.train.seed)
+    if config.builder != "create":
+        return _resolve(BUILDERS, "builder", config.builder).build(config, data, cache)
+    pretrained = config.init
+    if isinstance(pretrained, RunConfig):
+        pretrained = run(pretrained, cache, progress=False).model_stem
+    return create_model(config.model, data.num_classes, config.in_chans, config.size, pretrained)
+
+
+def export_model(model: nn.Module, config: RunConfig, data: MedData) -> tuple[nn.Module, dict]:
+    """The plain model to store and its architecture record."""
+    if config.builder != "create":
+        return _resolve(BUILDERS, "builder", config.builder).export(model, config, data)
+    return model, {"name": config.model, "num_classes": data.num_classes, "in_chans": config.in_chans,
+                   "img_size": config.size}
+
+
+def make_callbacks(config: RunConfig) -> list[Callback]:
+    return [_resolve(CALLBACKS, "callback", name)(**params) for name, params in config.callbacks]
+
+
+def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: bool = True) -> RunResult:
+    """Load the stored result of ``config``, resuming or starting training if it is not finished."""
+    key = run_key(config)
+    folder = cache_root(cache) / key
+    if (folder / "result.json").exists():
+        return RunResult.load(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=1, default=str))
+    device = resolve_device(config.train.device)
+    data = load_dataset(config.dataset, config.size, device=device, train_subset=config.train_subset)
+    model = build_model(config, data, cache)
+    callbacks = make_callbacks(config)
+    fitted = fit(model, data, config.train, callbacks, checkpoint=folder / "resume", progress=progress)
+    final, architecture = export_model(model, config, data)
+    record = {"key": key, "config": config.to_dict(), "history": fitted.history, "best_epoch": fitted.best_epoch,
+              "val": fitted.val, "test": fitted.test, "wall_time": fitted.wall_time,
+              "code_version": code_version(), "versions": package_versions(), "machine": machine()}
+    ckpt.save_checkpoint(folder / "model", final.state_dict(),
+                         {"architecture": architecture, "seed": config.train.seed,
+                          **{k: record[k] for k in ("key", "config", "val", "test", "wall_time", "code_version", "versions")}})
+    artifacts = {}
+    for callback in callbacks:
+        artifacts.update(callback.artifacts())
+    for name, tensors in artifacts.items():
+        ckpt.save_checkpoint(folder / "artifacts" / name, tensors, {"run": key})
+    record["artifacts"] = sorted(artifacts)
+    ckpt.atomic_write_text(folder / "result.json", json.dumps(record, indent=1, default=str))
+    for suffix in (".safetensors", ".json"):
+        (folder / f"resume{suffix}").unlink(missing_ok=True)
+    return RunResult.load(folder)
+
+
+def run_many(configs: Sequence[RunConfig], executor=None, cache: str | os.PathLike | None = None,
+             progress: bool = True) -> list[RunResult]:
+    """Results of ``configs`` in order: sequential by default, else through ``executor.submit``.
+
+    Any ``concurrent.futures.Executor`` works (``ProcessPoolExecutor`` for local processes),
+    and so does a ``dask.distributed.Client`` for a cluster. Finished runs come from the cache.
+    """
+    if executor is None:
+        return [run(c, cache, progress=False) for c in tqdm(configs, desc="runs", disable=not progress)]
+    futures = [executor.submit(run, c, str(cache_root(cache).resolve()), False) for c in configs]
+    return [f.result() for f in tqdm(futures, desc="runs", disable=not progress)]
+
+
+def clear_run(config: RunConfig, cache: str | os.PathLike | None = None) -> None:
+    """Delete a run's folder (result, checkpoints, resume state)."""
+    shutil.rmtree(cache_root(cache) / run_key(config), ignore_errors=True)

@@ -1,0 +1,73 @@
+"""Summaries over seeds: mean +- std with n, and paired differences with a confidence interval.
+
+A claim that one method is better than another needs both measured on the same seeds;
+:func:`paired_difference` takes the two per-seed lists in seed order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample standard deviation (ddof=1) and count of per-seed values."""
+
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} ± {self.std:.3f} (n={self.n})"
+
+
+def summarise(values: Sequence[float]) -> Summary:
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        raise ValueError("cannot summarise an empty list of values")
+    std = float(array.std(ddof=1)) if array.size > 1 else math.nan
+    return Summary(float(array.mean()), std, int(array.size))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of ``b - a`` over seeds, its t-based confidence interval and the t-test p-value."""
+
+    mean: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+    confidence: float
+
+    @property
+    def significant(self) -> bool:
+        """True when the interval excludes zero."""
+        return self.n > 1 and (self.low > 0 or self.high < 0)
+
+    def __str__(self) -> str:
+        return (f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] "
+                f"({self.confidence:.0%} CI, n={self.n}, p={self.p_value:.3f})")
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> PairedDifference:
+    """Paired comparison of method ``b`` against method ``a`` measured on the same seeds."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired values need the same non-zero length, got {a.size} and {b.size}")
+    diff = b - a
+    n = diff.size
+    mean = float(diff.mean())
+    if n < 2:
+        return PairedDifference(mean, math.nan, math.nan, math.nan, n, confidence)
+    sem = float(diff.std(ddof=1)) / math.sqrt(n)
+    if sem == 0:
+        return PairedDifference(mean, mean, mean, 0.0 if mean else 1.0, n, confidence)
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+    p_value = float(2 * scipy_stats.t.sf(abs(mean / sem), n - 1))
+    return PairedDifference(mean, mean - half, mean + half, p_value, n, confidence)

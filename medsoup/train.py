@@ -1,0 +1,329 @@
+"""``fit``: one training loop for every method in the book.
+
+The loop knows nothing about merging. Methods that act during training are callbacks
+(:class:`Callback`) with ``on_step_end(model, step)`` and ``on_epoch_end(model, epoch, record)``
+hooks, in the shape of timm's ``ModelEma.update(model, step)``. Validation runs every epoch and
+the best epoch (by ``select_metric`` on the validation split) is restored at the end.
+
+With ``checkpoint=<stem>`` the full training state (model, best model, optimizer, random
+generators, callback state, history) is written atomically after every epoch and training
+resumes from it, giving the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from medsoup import checkpoint as ckpt
+from medsoup.augment import LEVELS
+from medsoup.data import MedData
+from medsoup.metrics import METRICS, compute_metrics
+from medsoup.schedules import SCHEDULES, make_schedule
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``fit`` needs besides the model and the data."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "multistep"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    cycle_epochs: float = 4.0
+    linear_probe: bool = False
+    bn_trainable: bool = True
+    augment: str = "medium"
+    label_smoothing: float = 0.0
+    select_metric: str = "auc"
+    restore_best: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+
+    def __post_init__(self):
+        for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
+                                   ("schedule", self.schedule, SCHEDULES),
+                                   ("augment", self.augment, LEVELS),
+                                   ("select_metric", self.select_metric, METRICS + ("loss",))):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a mapping, naming any unknown field and listing the valid ones."""
+        return cls(**checked_fields(cls, values))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **checked_fields(type(self), changes))
+
+
+def checked_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}")
+    return dict(values)
+
+
+class Callback:
+    """Hooks called by :func:`fit`; subclasses override what they need.
+
+    A callback with random state or collected tensors implements ``state_dict`` /
+    ``load_state_dict`` (flat name -> tensor) so interrupted runs resume exactly, and
+    ``artifacts()`` (name -> state dict) for what the run layer should store with the run.
+    """
+
+    def on_fit_start(self, model: nn.Module, steps_per_epoch: int, total_steps: int) -> None: ...
+    def on_step_end(self, model: nn.Module, step: int) -> None: ...
+    def on_epoch_end(self, model: nn.Module, epoch: int, record: dict) -> None: ...
+    def on_fit_end(self, model: nn.Module) -> None: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: return {}
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+    def artifacts(self) -> dict[str, dict[str, torch.Tensor]]: return {}
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: per-epoch history and the best epoch's metrics."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    val: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+    wall_time: float = 0.0
+    steps: int = 0
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def loss_fn(data: MedData, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
+    """BCE-with-logits for multi-label tasks, cross-entropy otherwise."""
+    if data.task == "multi-label":
+        return F.binary_cross_entropy_with_logits(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
+def model_in_chans(model: nn.Module, data: MedData) -> int:
+    """Input channels the model's first convolution (or patch embedding) expects."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return data.in_chans
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: MedData, split: str, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` of a whole split, in evaluation mode, weights untouched."""
+    was_training = model.training
+    model.eval()
+    in_chans = model_in_chans(model, data)
+    outputs, targets = [], []
+    for images, target in data.batches(split, batch_size, in_chans=in_chans):
+        outputs.append(model(images).float())
+        targets.append(target)
+    model.train(was_training)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, data: MedData, split: str = "val", batch_size: int = 512) -> dict:
+    """Loss and :data:`~medsoup.metrics.METRICS` of ``model`` on ``split``."""
+    logits, targets = predict(model, data, split, batch_size)
+    metrics = compute_metrics(data.task, targets, logits)
+    metrics["loss"] = float(loss_fn(data, logits, targets))
+    return metrics
+
+
+def _score(metrics: dict, name: str) -> float:
+    value = -metrics["loss"] if name == "loss" else metrics[name]
+    return -math.inf if math.isnan(value) else value
+
+
+def trainable_parameters(model: nn.Module, config: TrainConfig) -> list[nn.Parameter]:
+    """Parameters to optimise. Linear probing freezes all but the head (and BN if trainable)."""
+    if not config.linear_probe:
+        return [p for p in model.parameters() if p.requires_grad]
+    head = {id(p) for p in model.get_classifier().parameters()}
+    bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+          for p in m.parameters()} if config.bn_trainable else set()
+    for p in model.parameters():
+        p.requires_grad_(id(p) in head or id(p) in bn)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _train_mode(model: nn.Module, config: TrainConfig) -> None:
+    model.train()
+    if config.linear_probe and not config.bn_trainable:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def make_optimizer(params: Sequence[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _save_state(stem, model, best_state, optimizer, generator, callbacks, meta) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    optim_state = optimizer.state_dict()
+    for index, values in optim_state["state"].items():
+        for name, value in values.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
+    tensors["rng.data"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    for i, callback in enumerate(callbacks):
+        tensors.update({f"callback{i}.{k}": v for k, v in callback.state_dict().items()})
+    ckpt.save_checkpoint(stem, tensors, meta)
+
+
+def _load_state(stem, model, optimizer, generator, callbacks) -> tuple[dict, dict]:
+    tensors, meta = ckpt.load_checkpoint(stem)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    state = optimizer.state_dict()
+    restored: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            restored.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": restored, "param_groups": state["param_groups"]})
+    generator.set_state(tensors["rng.data"])
+    torch.set_rng_state(tensors["rng.torch"])
+    for i, callback in enumerate(callbacks):
+        prefix = f"callback{i}."
+        callback.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return best, meta
+
+
+def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterable[Callback] = (),
+        checkpoint=None, progress: bool = True) -> FitResult:
+    """Train ``model`` on ``data.splits['train']``; return the history and best-epoch metrics.
+
+    The model ends holding its best-epoch weights (by validation ``config.select_metric``; the
+    last epoch's with ``restore_best=False``) and
+    ``requires_grad`` flags as they were before the call. Raises :class:`NonFiniteLossError` if
+    the loss becomes NaN/inf; the last epoch's checkpoint (if any) is left intact.
+    """
+    callbacks = list(callbacks)
+    device = resolve_device(config.device)
+    if data.device != device:
+        data = data.to(device)
+    model.to(device)
+    flags = [p.requires_grad for p in model.parameters()]
+    params = trainable_parameters(model, config)
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = make_optimizer(params, config)
+    steps_per_epoch = math.ceil(len(data.splits["train"]) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    lr_at = make_schedule(config.schedule, config.lr, total_steps, steps_per_epoch,
+                          milestones=config.milestones, gamma=config.gamma, min_lr=config.min_lr,
+                          cycle_epochs=config.cycle_epochs)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    in_chans = model_in_chans(model, data)
+    use_amp = config.amp and device.type == "cuda"
+    result = FitResult()
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start_epoch, elapsed = 0, 0.0
+    if checkpoint is not None and ckpt.exists(checkpoint):
+        best_state, meta = _load_state(checkpoint, model, optimizer, generator, callbacks)
+        start_epoch, elapsed = meta["epochs_done"], meta["wall_time"]
+        result.history, result.best_epoch, result.best_score = meta["history"], meta["best_epoch"], meta["best_score"]
+    for callback in callbacks:
+        callback.on_fit_start(model, steps_per_epoch, total_steps)
+    started = time.perf_counter() - elapsed
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            _train_mode(model, config)
+            loss_sum = torch.zeros((), device=device)
+            batches = data.batches("train", config.batch_size, shuffle=True, augment=config.augment,
+                                   in_chans=in_chans, generator=generator)
+            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not progress, leave=False)
+            for i, (images, targets) in enumerate(bar):
+                step = epoch * steps_per_epoch + i
+                lr = lr_at(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = model(images)
+                loss = loss_fn(data, logits, targets, config.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; training stopped "
+                        f"(lr {lr:g}). The last checkpoint written, if any, is left intact.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for callback in callbacks:
+                    callback.on_step_end(model, step)
+                loss_sum += loss.detach()
+            val = evaluate(model, data, "val")
+            record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / steps_per_epoch, "lr": lr,
+                      **{f"val_{k}": v for k, v in val.items() if k != "auc_per_label"}}
+            score = _score(val, config.select_metric)
+            if score > result.best_score:
+                result.best_epoch, result.best_score = epoch + 1, score
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            for callback in callbacks:
+                callback.on_epoch_end(model, epoch, record)
+            record["time"] = time.perf_counter() - started
+            result.history.append(record)
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
+                           f"val acc {val['acc']:.4f}, val auc {val['auc']:.4f}")
+            if checkpoint is not None:
+                _save_state(checkpoint, model, best_state, optimizer, generator, callbacks,
+                            {"epochs_done": epoch + 1, "wall_time": record["time"], "history": result.history,
+                             "best_epoch": result.best_epoch, "best_score": result.best_score})
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+    for callback in callbacks:
+        callback.on_fit_end(model)
+    if config.restore_best:
+        model.load_state_dict(best_state)
+    result.val = evaluate(model, data, "val")
+    result.test = evaluate(model, data, "test")
+    result.wall_time = time.perf_counter() - started
+    result.steps = total_steps
+    return result
