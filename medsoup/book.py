@@ -1,0 +1,253 @@
+"""Execute the notebooks with papermill and build the Jupyter Book.
+
+    python -m medsoup.book execute --profile smoke --only 00_quickstart
+    python -m medsoup.book build
+    python -m medsoup.book all --profile auto        # execute every notebook, then build
+
+Execution: each source notebook ``notebooks/<name>.ipynb`` (committed without outputs) runs
+through papermill with ``parameters={"profile": profile, **parameters}`` into the build product
+``book/executed/<name>.ipynb``, which ``_toc.yml`` lists. The kernel's working directory is the
+repository root, the same as for ``pytest``, the ``medsoup`` CLIs and the README's ``papermill``
+example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset.
+A notebook is skipped when its executed copy exists and its stamp file ``<name>.stamp`` beside it
+matches the sha256 of (source notebook, parameters, kernel, the ``medsoup/`` sources,
+``constraints.txt``), so a rebuild with nothing changed takes seconds.
+
+Profiles: ``smoke`` (CI, minutes), ``cpu`` (a 2-core machine), ``paper`` (a GPU, the papers'
+settings); ``auto`` is ``paper`` when CUDA is available and ``cpu`` otherwise.
+
+Build: ``jupyter-book build <root> -W -n --keep-going --all``: every page is rebuilt so that no
+warning is hidden by Sphinx's incremental cache, and any warning fails the build.
+
+Only the standard library is imported at module level, so ``build`` starts fast; papermill and
+:mod:`medsoup.profiles` (torch) are imported when executing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+EXECUTED_DIR = "book/executed"
+STAMP_SUFFIX = ".stamp"
+
+
+class NotebookExecutionError(RuntimeError):
+    """A notebook failed; the message names it and the partially executed copy."""
+
+
+def repo_root() -> Path:
+    """The book's root: the repository holding this package (editable install) or the cwd."""
+    for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (candidate / "_config.yml").is_file() and (candidate / "notebooks").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        "cannot find the book root (a folder with _config.yml and notebooks/): install medsoup "
+        "editable (`pip install -e .`) or run from the repository root"
+    )
+
+
+def notebook_paths(only: Iterable[str] | None = None) -> list[Path]:
+    """Source notebooks ``notebooks/*.ipynb``, sorted; ``only`` selects by name (stem or path)."""
+    paths = sorted((repo_root() / "notebooks").glob("*.ipynb"))
+    if only is None:
+        return paths
+    by_stem = {p.stem: p for p in paths}
+    wanted = [Path(name).name.removesuffix(".ipynb") for name in only]
+    unknown = [name for name in wanted if name not in by_stem]
+    if unknown:
+        raise ValueError(f"no notebook named {', '.join(unknown)} in notebooks/; "
+                         f"available: {', '.join(by_stem) or '(none)'}")
+    return [by_stem[name] for name in dict.fromkeys(wanted)]
+
+
+def _stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str, root: Path) -> str:
+    """sha256 over everything that changes an executed notebook's content."""
+    h = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        h.update(f"{label}\0{len(data)}\0".encode())
+        h.update(data)
+
+    add("notebook", source.read_bytes())
+    add("parameters", json.dumps(parameters, sort_keys=True, default=str).encode())
+    add("kernel", kernel_name.encode())
+    for path in sorted((root / "medsoup").rglob("*.py")):
+        add(path.relative_to(root).as_posix(), path.read_bytes())
+    constraints = root / "constraints.txt"
+    if constraints.is_file():
+        add("constraints.txt", constraints.read_bytes())
+    return h.hexdigest()
+
+
+def execute_notebooks(profile: str, only: Iterable[str] | None = None,
+                      parameters: Mapping[str, Any] | None = None, out_dir: str | Path = EXECUTED_DIR,
+                      kernel_name: str = "python3", force: bool = False,
+                      log_output: bool = False) -> list[Path]:
+    """Execute the source notebooks into ``out_dir``; returns the executed copies' paths.
+
+    Raises ``NotebookExecutionError`` on the first failing notebook; its partially executed copy
+    stays in ``out_dir`` (without a stamp, so the next call runs it again).
+    """
+    from medsoup.profiles import resolve_profile  # imports torch
+
+    root = repo_root()
+    sources = notebook_paths(only)
+    profile = resolve_profile(profile)
+    params = {"profile": profile, **(parameters or {})}
+    out = Path(out_dir) if Path(out_dir).is_absolute() else root / out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    # Relative data paths must not depend on where the kernel starts.
+    os.environ.setdefault("MEDSOUP_DATA", str(root / "data"))
+
+    print(f"[book] {len(sources)} notebook(s), parameters {params}, output {out}", flush=True)
+    executed = []
+    for i, source in enumerate(sources, 1):
+        target = out / source.name
+        stamp_file = out / (source.stem + STAMP_SUFFIX)
+        stamp = _stamp(source, params, kernel_name, root)
+        tag = f"[book] [{i}/{len(sources)}] {source.stem}"
+        if (not force and target.is_file() and stamp_file.is_file()
+                and stamp_file.read_text().strip() == stamp):
+            print(f"{tag}: up to date, skipped", flush=True)
+            executed.append(target)
+            continue
+        stamp_file.unlink(missing_ok=True)
+        print(f"{tag}: executing ...", flush=True)
+        start = time.perf_counter()
+        _run_papermill(source, target, params, kernel_name, root, log_output)
+        stamp_file.write_text(stamp + "\n")
+        print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "
+              f"{target.relative_to(root) if target.is_relative_to(root) else target}", flush=True)
+        executed.append(target)
+    return executed
+
+
+def _run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_name: str,
+                   cwd: Path, log_output: bool) -> None:
+    import papermill
+
+    if log_output:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        papermill.execute_notebook(
+            str(source), str(target), parameters=dict(params), kernel_name=kernel_name,
+            cwd=str(cwd), progress_bar=sys.stderr.isatty(), log_output=log_output,
+        )
+    except papermill.PapermillExecutionError as err:
+        raise NotebookExecutionError(
+            f"notebook {source.name} failed in cell [{err.exec_count}]: {err.ename}: {err.evalue}; "
+            f"the partially executed notebook, with the traceback, is {target}"
+        ) from err
+    except Exception as err:  # kernel death, missing kernel, bad parameters, ...
+        raise NotebookExecutionError(
+            f"notebook {source.name} could not be executed: {type(err).__name__}: {err}; "
+            f"the partially executed notebook (if any) is {target}"
+        ) from err
+
+
+def _toc_files(node: Any) -> Iterable[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("root", "file") and isinstance(value, str):
+                yield value
+            else:
+                yield from _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _toc_files(item)
+
+
+def missing_toc_files(root: Path | None = None) -> list[str]:
+    """Entries of ``_toc.yml`` with no ``.md``/``.ipynb`` file (e.g. notebooks not executed yet)."""
+    import yaml  # a dependency of jupyter-book
+
+    root = root or repo_root()
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    suffixes = ("", ".md", ".ipynb")
+    return [f for f in _toc_files(toc) if not any((root / (f + s)).is_file() for s in suffixes)]
+
+
+def build_book(warnings_as_errors: bool = True, full: bool = True) -> int:
+    """``jupyter-book build`` from the repository root; returns its exit status (0 = success)."""
+    root = repo_root()
+    missing = missing_toc_files(root)
+    if missing:
+        print(f"[book] _toc.yml lists pages that do not exist: {', '.join(missing)}\n"
+              f"[book] executed notebooks come from `python -m medsoup.book execute`",
+              file=sys.stderr, flush=True)
+        return 1
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.is_file() else (shutil.which("jupyter-book") or "jupyter-book"),
+           "build", str(root)]
+    if warnings_as_errors:
+        cmd += ["-W", "-n", "--keep-going"]
+    if full:
+        cmd.append("--all")
+    print("[book] " + " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    status = subprocess.call(cmd, cwd=root)
+    verdict = "ok" if status == 0 else f"FAILED (exit {status})"
+    print(f"[book] build {verdict} in {time.perf_counter() - start:.1f} s; "
+          f"open {root / '_build/html/index.html'}", flush=True)
+    return status
+
+
+def _parse_value(text: str) -> Any:
+    """``-p`` values: JSON where it parses (3, 1e-3, true, [1, 2]), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medsoup.book", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--profile", default="auto",
+                     help="smoke, cpu, paper, or auto (paper with a CUDA GPU, else cpu)")
+    run.add_argument("--only", nargs="+", action="extend", metavar="NAME",
+                     help="notebook names (stems), e.g. 00_quickstart")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("KEY", "VALUE"), help="extra papermill parameter (repeatable)")
+    run.add_argument("--force", action="store_true", help="execute even when up to date")
+    run.add_argument("--kernel", default="python3")
+    run.add_argument("--log-output", action="store_true", help="stream cell output to the log")
+
+    build = argparse.ArgumentParser(add_help=False)
+    build.add_argument("--allow-warnings", action="store_true", help="do not fail on warnings")
+    build.add_argument("--incremental", action="store_true",
+                       help="rebuild only changed pages (warnings of unchanged pages are not shown)")
+
+    sub.add_parser("execute", parents=[run], help="execute notebooks into book/executed/")
+    sub.add_parser("build", parents=[build], help="build the book into _build/html")
+    sub.add_parser("all", parents=[run, build], help="execute, then build")
+    args = parser.parse_args(argv)
+
+    if args.command in ("execute", "all"):
+        try:
+            execute_notebooks(args.profile, only=args.only,
+                              parameters={k: _parse_value(v) for k, v in args.parameter},
+                              kernel_name=args.kernel, force=args.force, log_output=args.log_output)
+        except (NotebookExecutionError, ValueError, FileNotFoundError) as err:
+            print(f"[book] error: {err}", file=sys.stderr, flush=True)
+            return 1
+    if args.command in ("build", "all"):
+        return build_book(warnings_as_errors=not args.allow_warnings, full=not args.incremental)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# medsoup entry point on a fresh Linux machine with Python 3.11+.
+#
+#   bash run.sh book [args]   execute every notebook (profile auto: paper with a CUDA GPU, else cpu)
+#                             and build the Jupyter Book into _build/html; args go to
+#                             `python -m medsoup.book all`, e.g. --profile smoke, --force
+#   bash run.sh test [args]   fast tests (pytest -m "not slow" [args]), every notebook on the smoke
+#                             profile, and the book build with warnings as errors
+#
+# Both create .venv if it is missing and install the pinned environment
+# (pip install -c constraints.txt -e ".[all]") whenever pyproject.toml or constraints.txt changed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+VENV=.venv
+STAMP="$VENV/.medsoup-install-stamp"
+
+usage() {
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+}
+
+step() {  # step "title" cmd...: run a command, print its wall time
+  local title=$1 start=$SECONDS rc=0
+  shift
+  echo "==> $title"
+  "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "==> $title: FAILED (exit $rc) after $((SECONDS - start)) s" >&2
+    return "$rc"
+  fi
+  echo "==> $title: done in $((SECONDS - start)) s"
+}
+
+find_python() {
+  local candidate
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"
+      return
+    fi
+  done
+  echo "run.sh: needs python3.11 (or a python3 that is 3.11+) on PATH" >&2
+  exit 1
+}
+
+ensure_env() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    step "create $VENV" "$(find_python)" -m venv "$VENV"
+  fi
+  local want
+  want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+    step "install pinned dependencies" \
+      "$VENV/bin/python" -m pip install -c constraints.txt -e ".[all]"
+    echo "$want" > "$STAMP"
+  fi
+}
+
+run_tests() {
+  local rc=0
+  "$VENV/bin/python" -m pytest -m "not slow" -q "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "run.sh: pytest ran no tests (exit 5): tests/ is empty or every test was deselected" >&2
+  fi
+  return "$rc"
+}
+
+[ $# -ge 1 ] || usage
+cmd=$1
+shift
+
+case "$cmd" in
+  book)
+    ensure_env
+    step "execute notebooks and build the book" "$VENV/bin/python" -m medsoup.book all --profile auto "$@"
+    ;;
+  test)
+    ensure_env
+    if [ -z "${MEDSOUP_DATA:-}" ]; then
+      if [ -d ../shared/data/medmnist ]; then
+        MEDSOUP_DATA=$(cd ../shared/data/medmnist && pwd)
+      else
+        MEDSOUP_DATA=$PWD/data
+      fi
+    fi
+    export MEDSOUP_DATA
+    export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+    export MPLBACKEND=Agg
+    echo "MEDSOUP_DATA=$MEDSOUP_DATA HF_HUB_OFFLINE=$HF_HUB_OFFLINE"
+    step "pytest (not slow)" run_tests "$@"
+    # Every notebook in _toc.yml must be executed for the -W build to pass.
+    step "execute notebooks (profile smoke)" "$VENV/bin/python" -m medsoup.book execute --profile smoke
+    step "build the book (warnings are errors)" "$VENV/bin/python" -m medsoup.book build
+    ;;
+  -h|--help|help) usage ;;
+  *) echo "run.sh: unknown command '$cmd'" >&2; usage ;;
+esac
