@@ -161,6 +161,7 @@ def build_model(config: RunConfig, data: MedData, cache: str | os.PathLike | Non
     pretrained = config.init
     if isinstance(pretrained, RunConfig):
         pretrained = run(pretrained, cache, progress=False).model_stem
+        torch.manual_seed(config.train.seed)  # a new head must not depend on whether init was cached
     return create_model(config.model, data.num_classes, config.in_chans, config.size, pretrained)
 
 

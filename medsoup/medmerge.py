@@ -1,0 +1,309 @@
+"""MedMerge (Almakky et al. 2024): learnt kernel-level merging of two differently initialised backbones.
+
+Two source backbones ``b`` and ``c`` of one CNN architecture (pre-trained on different tasks) are
+merged kernel by kernel (Sec. 2 of the paper)::
+
+    K_j = w_j * K_j(b) + (1 - w_j) * K_j(c),     w_j in [0, 1], one w_j per output channel,
+
+The linear-probing (LP) stage learns ``w`` with the source kernels frozen, BatchNorm initialised as
+the mean of the two sources and trainable, and a new linear head. :class:`MedMergeModel` does this
+with a functional forward (``torch.func.functional_call``) over a *template* backbone whose
+convolution weights were removed: the merged kernels are computed from the frozen sources
+(buffers) and ``w`` at every call, so gradients reach only ``w``, BatchNorm and the head.
+:func:`bake` then writes the merged weights into an ordinary model of the architecture, which is
+fine-tuned like any other (a following run with ``init=<the MedMerge RunConfig>``).
+
+Choices the paper leaves open, fixed here and compared in the ablations:
+
+* how ``w`` stays in [0, 1]: ``"sigmoid"`` (``w = sigmoid(raw)``) or ``"clamp"``
+  (``w = clamp(0.5 + raw, 0, 1)``, gradient zero outside [0, 1]); in both ``raw = 0`` is the
+  equal merge ``w = 0.5``, so weight decay, if any, pulls towards the equal merge;
+* ``level="kernel"`` (the paper) or ``"parameter"`` (one ``w`` per weight entry, the variant the
+  paper reports as no better); a convolution's bias, where present, belongs to its kernel;
+* BatchNorm's ``num_batches_tracked`` is the maximum of the two sources (as in
+  :func:`medsoup.statedict.average`);
+* "merging with zeros" (Fig. 4) uses a copy of source ``b`` whose convolution kernels are zero
+  and whose BatchNorm is ``b``'s (:func:`zeroed_kernels`), so only the kernels differ.
+
+The chapter's runs (sources, FT, LP-FT, MedMerge LP -> FT) and tables are in :mod:`medsoup.medmerge_runs`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from medsoup.checkpoint import load_checkpoint, load_state_into
+from medsoup.models import classifier_keys, conv_layers, create_model
+from medsoup.statedict import average
+
+StateDict = Mapping[str, torch.Tensor]
+PARAMETRISATIONS = ("sigmoid", "clamp")
+LEVELS = ("kernel", "parameter")
+
+
+class IncompatibleSourcesError(ValueError):
+    """Two source backbones (or a source and the target architecture) do not have the same tensors."""
+
+
+def check_pair(state_b: StateDict, state_c: StateDict, ignore: tuple[str, ...] = (),
+               names: tuple[str, str] = ("source b", "source c")) -> None:
+    """Raise :class:`IncompatibleSourcesError` naming the first key (in ``state_b``'s order, then
+    ``state_c``'s) that is missing from one state or has another shape; keys in ``ignore`` (the
+    classification heads, whose class counts differ) are skipped."""
+    for key, tensor in state_b.items():
+        if key in ignore:
+            continue
+        if key not in state_c:
+            raise IncompatibleSourcesError(f"first mismatched key {key!r}: in {names[0]} but not in {names[1]} "
+                                           "(different architectures?)")
+        if tuple(tensor.shape) != tuple(state_c[key].shape):
+            raise IncompatibleSourcesError(f"first mismatched key {key!r}: shape {tuple(tensor.shape)} in "
+                                           f"{names[0]} vs {tuple(state_c[key].shape)} in {names[1]}")
+    for key in state_c:
+        if key not in state_b and key not in ignore:
+            raise IncompatibleSourcesError(f"first mismatched key {key!r}: in {names[1]} but not in {names[0]} "
+                                           "(different architectures?)")
+
+
+def merge_kernels(w: torch.Tensor, k_b: torch.Tensor, k_c: torch.Tensor) -> torch.Tensor:
+    """MedMerge's merged kernels (Sec. 2): ``theta_Kj = w_j theta_Kj(b) + (1 - w_j) theta_Kj(c)``.
+
+    ``w`` has one value per output channel (shape ``(k_b.shape[0],)``: kernel level) or the shape
+    of ``k_b`` (parameter level). Written in the paper's form, so ``w = 1`` returns ``k_b`` and
+    ``w = 0`` returns ``k_c`` exactly.
+    """
+    if k_b.shape != k_c.shape:
+        raise ValueError(f"kernels of different shapes {tuple(k_b.shape)} and {tuple(k_c.shape)}")
+    if w.shape != k_b.shape:
+        if w.shape != k_b.shape[:1]:
+            raise ValueError(f"w of shape {tuple(w.shape)} fits neither the kernels {tuple(k_b.shape)} "
+                             f"nor their output channels ({k_b.shape[0]},)")
+        w = w.reshape(-1, *([1] * (k_b.dim() - 1)))
+    return w * k_b + (1 - w) * k_c
+
+
+def weight_values(raw: torch.Tensor, parametrisation: str) -> torch.Tensor:
+    """``w`` in [0, 1] from the trained tensor: ``sigmoid(raw)`` or ``clamp(0.5 + raw, 0, 1)``."""
+    if parametrisation == "sigmoid":
+        return torch.sigmoid(raw)
+    if parametrisation == "clamp":
+        return torch.clamp(0.5 + raw, 0.0, 1.0)
+    raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
+
+
+def raw_values(w: torch.Tensor, parametrisation: str) -> torch.Tensor:
+    """Inverse of :func:`weight_values` (``w = 1`` is ``raw = inf`` under the sigmoid)."""
+    if parametrisation == "sigmoid":
+        return torch.logit(w)
+    weight_values(w, parametrisation)
+    return w - 0.5
+
+
+def merged_keys(model: nn.Module) -> dict[str, list[str]]:
+    """``{conv module name: [its weight key, its bias key if any]}``: the tensors MedMerge merges."""
+    return {name: [f"{name}.{p}" for p in ("weight", "bias") if getattr(conv, p) is not None]
+            for name, conv in conv_layers(model)}
+
+
+def zeroed_kernels(state: StateDict, keys: list[str]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` with the tensors ``keys`` (the convolution kernels) set to zero: the
+    "zeros initialisation" of the paper's Fig. 4, with every other entry (BatchNorm) kept."""
+    return {k: torch.zeros_like(v) if k in keys else v.clone() for k, v in state.items()}
+
+
+class MedMergeModel(nn.Module):
+    """The MedMerge LP-stage model: frozen sources, learnt ``w``, trainable BatchNorm and head.
+
+    ``template`` is a freshly built model of the architecture (its head is the new linear head);
+    its convolution weights are replaced by the merged kernels at every forward. ``architecture``
+    (``name, num_classes, in_chans, img_size`` for :func:`~medsoup.models.create_model`) is what
+    :func:`bake` builds. Parameters: ``w`` (raw values, 0 = equal merge), BatchNorm (trainable
+    unless ``bn_trainable=False``, in which case it also stays in eval mode) and the head. The
+    source kernels are non-persistent buffers: they move with ``.to()`` but are not trained,
+    checkpointed or counted as parameters.
+    """
+
+    def __init__(self, template: nn.Module, state_b: StateDict, state_c: StateDict, architecture: dict,
+                 level: str = "kernel", parametrisation: str = "sigmoid", bn_trainable: bool = True):
+        super().__init__()
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; valid: {', '.join(LEVELS)}")
+        weight_values(torch.zeros(1), parametrisation)
+        head = classifier_keys(template)
+        own = template.state_dict()
+        check_pair(state_b, state_c, ignore=head)
+        check_pair(own, state_b, ignore=head, names=("the target architecture", "source b"))
+        self.architecture, self.level, self.parametrisation = dict(architecture), level, parametrisation
+        self.bn_trainable = bn_trainable
+        self.groups = merged_keys(template)
+        keys = [k for group in self.groups.values() for k in group]
+        bns = {f"{name}.{k}" for name, m in template.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) for k in m.state_dict()}
+        other = [k for k in own if k not in keys and k not in bns and k not in head]
+        if other:
+            raise ValueError(f"MedMerge merges convolution kernels, BatchNorm and a linear head; {other[0]!r} "
+                             f"is none of these ({len(other)} such tensors): use a CNN with BatchNorm")
+        template.load_state_dict(average([{k: state_b[k] for k in bns}, {k: state_c[k] for k in bns}]),
+                                 strict=False)
+        modules = dict(template.named_modules())
+        for name in self.groups:
+            for attribute in ("weight", "bias"):
+                if getattr(modules[name], attribute) is not None:
+                    modules[name].register_parameter(attribute, None)
+        self.template = template
+        for index, key in enumerate(keys):
+            self.register_buffer(f"source_b_{index}", state_b[key].detach().clone(), persistent=False)
+            self.register_buffer(f"source_c_{index}", state_c[key].detach().clone(), persistent=False)
+        self._keys = keys
+        shapes = ([state_b[group[0]].shape[:1] for group in self.groups.values()] if level == "kernel"
+                  else [state_b[k].shape for k in keys])
+        self.w = nn.ParameterList([nn.Parameter(torch.zeros(shape)) for shape in shapes])
+        for m in template.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.requires_grad_(bn_trainable)
+        self.train()
+
+    def _w_index(self) -> list[int]:
+        """Index into ``self.w`` of each merged key."""
+        if self.level == "parameter":
+            return list(range(len(self._keys)))
+        return [i for i, group in enumerate(self.groups.values()) for _ in group]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """``{conv name: w}`` with ``w`` in [0, 1] (parameter level: of the conv weight's shape)."""
+        return {name: weight_values(raw, self.parametrisation).detach()
+                for name, raw in zip(self.groups, self.w)}
+
+    @torch.no_grad()
+    def set_weights(self, w: float | Mapping[str, Any]) -> None:
+        """Set every ``w`` to one value in [0, 1], or per conv name (a value or a tensor)."""
+        for name, raw in zip(self.groups, self.w):
+            value = w[name] if isinstance(w, Mapping) else w
+            raw.copy_(raw_values(torch.as_tensor(value, dtype=raw.dtype).expand_as(raw), self.parametrisation))
+
+    def merged_tensors(self) -> dict[str, torch.Tensor]:
+        """The merged kernel (and bias) of every convolution, differentiable in ``w``."""
+        ws = [weight_values(raw, self.parametrisation) for raw in self.w]
+        return {key: merge_kernels(ws[w_index], getattr(self, f"source_b_{i}"), getattr(self, f"source_c_{i}"))
+                for i, (key, w_index) in enumerate(zip(self._keys, self._w_index()))}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, self.merged_tensors(), (x,), strict=False)
+
+    def get_classifier(self) -> nn.Module:
+        return self.template.get_classifier()
+
+    def train(self, mode: bool = True) -> "MedMergeModel":
+        super().train(mode)
+        if not self.bn_trainable:
+            for m in self.template.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+
+@torch.no_grad()
+def baked_state(model: MedMergeModel) -> dict[str, torch.Tensor]:
+    """The plain model's state dict: one pass over the template's state plus the merged kernels."""
+    state = {k: v.detach().clone() for k, v in model.template.state_dict().items()}
+    state.update(model.merged_tensors())
+    return state
+
+
+def bake(model: MedMergeModel) -> nn.Module:
+    """An ordinary model of ``model.architecture`` holding the merged weights, BatchNorm and head."""
+    arch = model.architecture
+    plain = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
+    load_state_into(plain, baked_state(model))
+    return plain.to(next(model.parameters()).device).train(model.training)
+
+
+@torch.no_grad()
+def recover_weights(merged: StateDict, state_b: StateDict, state_c: StateDict,
+                    groups: Mapping[str, list[str]]) -> dict[str, torch.Tensor]:
+    """Per-kernel ``w`` of a baked model, from its kernels and the two sources' (least squares,
+    exact for a kernel-level merge): ``w_j = <K_j - K_j(c), K_j(b) - K_j(c)> / |K_j(b) - K_j(c)|^2``.
+
+    Kernels identical in both sources carry no information and give NaN. Runs store the baked
+    model only, so the chapter's heat maps of ``w`` are read back this way.
+    """
+    out = {}
+    for name, keys in groups.items():
+        flat = [torch.cat([s[k].double().reshape(s[k].shape[0], -1) for k in keys], dim=1)
+                for s in (merged, state_b, state_c)]
+        diff = flat[1] - flat[2]
+        norm = (diff * diff).sum(dim=1)
+        w = ((flat[0] - flat[2]) * diff).sum(dim=1) / norm
+        out[name] = torch.where(norm > 0, w, torch.full_like(w, float("nan"))).float()
+    return out
+
+
+def source_state(spec: Any, architecture: dict, cache: str | os.PathLike | None = None,
+                 like: StateDict | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of one source: a :class:`~medsoup.runs.RunConfig` (trained if not cached),
+    ``"imagenet"``, ``"zeros"`` (``like`` with its kernels zeroed) or a checkpoint path."""
+    from medsoup.runs import RunConfig, run
+
+    if isinstance(spec, RunConfig):
+        return run(spec, cache, progress=False).load_state()
+    if spec == "imagenet":
+        arch = architecture
+        return create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"],
+                            pretrained="imagenet").state_dict()
+    if spec == "zeros":
+        if like is None:
+            raise ValueError("source_c='zeros' needs source_b (its kernels are zeroed)")
+        arch = architecture
+        template = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
+        return zeroed_kernels(like, [k for group in merged_keys(template).values() for k in group])
+    if isinstance(spec, (str, Path)):
+        return load_checkpoint(spec)[0]
+    raise ValueError(f"unknown MedMerge source {spec!r}: give a RunConfig, 'imagenet', 'zeros' or a checkpoint path")
+
+
+def _source_spec(spec: Any) -> Any:
+    """A source as given in ``builder_params``; a RunConfig stored as a dict (e.g. read back from
+    a run's config.json) is rebuilt."""
+    from medsoup.runs import RunConfig
+
+    return RunConfig.from_dict(spec) if isinstance(spec, dict) else spec
+
+
+class MedMergeBuilder:
+    """The run layer's ``"medmerge"`` builder (see :data:`medsoup.runs.BUILDERS`).
+
+    ``builder_params``: ``source_b`` and ``source_c`` (a RunConfig, "imagenet", a checkpoint path;
+    ``source_c`` may be "zeros"), and optionally ``level`` ("kernel"), ``parametrisation``
+    ("sigmoid") and ``bn_trainable`` (True). Train the LP stage with ``linear_probe=False``: the
+    model itself decides which tensors are trainable.
+    """
+
+    OPTIONS = ("source_b", "source_c", "level", "parametrisation", "bn_trainable")
+
+    @staticmethod
+    def build(config, data, cache=None) -> MedMergeModel:
+        params = dict(config.builder_params)
+        unknown = sorted(set(params) - set(MedMergeBuilder.OPTIONS))
+        missing = [k for k in ("source_b", "source_c") if k not in params]
+        if unknown or missing:
+            raise ValueError(f"medmerge builder_params: unknown {unknown}, missing {missing}; "
+                             f"valid: {', '.join(MedMergeBuilder.OPTIONS)}")
+        arch = {"name": config.model, "num_classes": data.num_classes, "in_chans": config.in_chans,
+                "img_size": config.size}
+        state_b = source_state(_source_spec(params["source_b"]), arch, cache)
+        state_c = source_state(_source_spec(params["source_c"]), arch, cache, like=state_b)
+        torch.manual_seed(config.train.seed)  # the new head does not depend on whether sources were cached
+        template = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
+        return MedMergeModel(template, state_b, state_c, arch, level=params.get("level", "kernel"),
+                             parametrisation=params.get("parametrisation", "sigmoid"),
+                             bn_trainable=params.get("bn_trainable", True))
+
+    @staticmethod
+    def export(model: MedMergeModel, config, data) -> tuple[nn.Module, dict]:
+        return bake(model), dict(model.architecture)

@@ -1,0 +1,224 @@
+"""The MedMerge chapter's runs: sources, FT, LP-FT and MedMerge LP -> FT, and their tables.
+
+Every number comes from :func:`medsoup.runs.run` (cached). For each target dataset two sources
+are trained (or, in the ``paper`` profile, taken from ImageNet) with :func:`~medsoup.profiles.baseline_run`
+and then, per seed:
+
+* **FT**: fine-tune from one source (also from scratch, as a reference);
+* **LP-FT** (Kumar et al. 2022): linear probe (head and BatchNorm) from one source, then FT;
+* **MedMerge**: the MedMerge LP stage (``builder="medmerge"``) from both sources, then FT of the
+  baked model.
+
+The LP stages share one train config (BatchNorm trainable in both), so LP-FT and MedMerge differ
+only by the learnt merge; the FT stages share another.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from medsoup.checkpoint import load_metadata
+from medsoup.medmerge import merged_keys, recover_weights, source_state
+from medsoup.models import create_model
+from medsoup.profiles import BASELINE, CPU_DATASETS, baseline_run
+from medsoup.runs import RunConfig, run, run_many
+from medsoup.stats import paired_difference, summarise
+from medsoup.train import TrainConfig
+
+#: Sources per target: each target's sources are the two other offline datasets (cpu, smoke), or
+#: ImageNet plus the same-modality MedMNIST dataset as in the paper (ChestMNIST -> PneumoniaMNIST).
+LEAVE_ONE_OUT = {t: tuple(d for d in CPU_DATASETS if d != t) for t in CPU_DATASETS}
+
+MEDMERGE: dict[str, dict[str, Any]] = {
+    "smoke": dict(model="smallcnn", size=28, targets=("breastmnist",), sources=LEAVE_ONE_OUT,
+                  source_recipe=BASELINE["smoke"], seeds=(0,), train_subset=256, batch_size=64,
+                  lp_epochs=2, lp_lr=1e-3, ft_epochs=2, ft_lr=1e-4, ablation_targets=("breastmnist",)),
+    # lr 10x the paper's: sources trained from scratch on 28 px images, and 10-20 epochs, not 50.
+    "cpu": dict(model="smallcnn", size=28, targets=CPU_DATASETS, sources=LEAVE_ONE_OUT,
+                source_recipe=BASELINE["cpu"], seeds=(0, 1, 2), train_subset=None, batch_size=128,
+                lp_epochs=10, lp_lr=1e-3, ft_epochs=20, ft_lr=1e-4, ablation_targets=("retinamnist",)),
+    # the paper: DenseNet-121 at 224 px, AdamW 1e-4 (LP) and 1e-5 (FT), 50 epochs each.
+    "paper": dict(model="densenet121", size=224, targets=("pneumoniamnist",),
+                  sources={"pneumoniamnist": ("imagenet", "chestmnist")},
+                  source_recipe=dict(BASELINE["paper"], epochs=20, init="imagenet"), seeds=(0, 1, 2),
+                  train_subset=None, batch_size=64, lp_epochs=50, lp_lr=1e-4, ft_epochs=50, ft_lr=1e-5,
+                  ablation_targets=("pneumoniamnist",)),
+}
+
+#: Ablations of the MedMerge LP stage (builder options); "zeros" merges source b with zeros.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "MedMerge (sigmoid, kernel, BN trainable)": {},
+    "clamp instead of sigmoid": {"parametrisation": "clamp"},
+    "parameter level": {"level": "parameter"},
+    "BN frozen during LP": {"bn_trainable": False},
+    "source b + zeros": {"source_c": "zeros"},
+}
+
+
+def source_config(s: dict, spec: str) -> Any:
+    """``"imagenet"`` or the RunConfig of a source trained on dataset ``spec`` (seed 0)."""
+    if spec == "imagenet":
+        return spec
+    recipe = dict(s["source_recipe"], model=s["model"], size=s["size"])
+    config = baseline_run(recipe, spec, seed=0)
+    return config.replace(init=recipe["init"]) if recipe.get("init") else config
+
+
+def stage_train(s: dict, stage: str, seed: int, linear_probe: bool = False) -> TrainConfig:
+    """AdamW, constant lr, no augmentation (as in the paper), best epoch by validation AUC.
+    Weight decay 0 in LP (w should move only where the loss says), AdamW's default 0.01 in FT."""
+    return TrainConfig(epochs=s[f"{stage}_epochs"], lr=s[f"{stage}_lr"], batch_size=s["batch_size"],
+                       optimizer="adamw", weight_decay=0.0 if stage == "lp" else 0.01, schedule="constant",
+                       augment="none", select_metric="auc", linear_probe=linear_probe, seed=seed)
+
+
+def _target(s: dict, target: str, init: Any, train: TrainConfig, **builder) -> RunConfig:
+    return RunConfig(dataset=target, size=s["size"], model=s["model"], init=init, train=train,
+                     train_subset=s["train_subset"], **builder)
+
+
+def ft_run(s: dict, target: str, source: str | None, seed: int) -> RunConfig:
+    """FT from a source (``None``: from scratch)."""
+    init = None if source is None else source_config(s, source)
+    return _target(s, target, init, stage_train(s, "ft", seed))
+
+
+def lp_ft_run(s: dict, target: str, source: str, seed: int) -> RunConfig:
+    """LP-FT: the FT RunConfig whose ``init`` is the LP run from ``source``."""
+    lp = _target(s, target, source_config(s, source), stage_train(s, "lp", seed, linear_probe=True))
+    return _target(s, target, lp, stage_train(s, "ft", seed))
+
+
+def medmerge_lp_run(s: dict, target: str, seed: int, **options) -> RunConfig:
+    """The MedMerge LP stage from the target's two sources; ``options`` are builder options
+    (``source_c="zeros"`` merges source b with zeros)."""
+    source_b, source_c = s["sources"][target]
+    params = {"source_b": source_config(s, source_b), "source_c": source_config(s, source_c), **options}
+    return _target(s, target, None, stage_train(s, "lp", seed), builder="medmerge", builder_params=params)
+
+
+def medmerge_run(s: dict, target: str, seed: int, **options) -> RunConfig:
+    """MedMerge LP -> FT: the FT RunConfig whose ``init`` is :func:`medmerge_lp_run`."""
+    return _target(s, target, medmerge_lp_run(s, target, seed, **options), stage_train(s, "ft", seed))
+
+
+def approaches(s: dict, target: str, seed: int) -> list[tuple[str, str, RunConfig]]:
+    """``(approach, source, final RunConfig)`` for Table 1 on one target and seed."""
+    b, c = s["sources"][target]
+    rows = [("FT", "scratch", ft_run(s, target, None, seed))]
+    for source in (b, c):
+        rows.append(("FT", source, ft_run(s, target, source, seed)))
+    for source in (b, c):
+        rows.append(("LP-FT", source, lp_ft_run(s, target, source, seed)))
+    rows.append(("MedMerge", f"{b}+{c}", medmerge_run(s, target, seed)))
+    return rows
+
+
+def _collect(entries: list[tuple[dict, RunConfig]], executor=None) -> pd.DataFrame:
+    results = run_many([config for _, config in entries], executor=executor)
+    return pd.DataFrame([{**labels, "seed": config.train.seed, "acc": r.test["acc"], "f1": r.test["f1"],
+                          "auc": r.test["auc"], "val_auc": r.val["auc"]}
+                         for (labels, config), r in zip(entries, results)])
+
+
+def collect_table(s: dict, executor=None) -> pd.DataFrame:
+    """One row per (target, approach, source, seed) with test ACC, macro F1, AUC (runs as needed)."""
+    entries = [({"target": target, "approach": approach, "source": source}, config)
+               for target in s["targets"] for seed in s["seeds"]
+               for approach, source, config in approaches(s, target, seed)]
+    return _collect(entries, executor)
+
+
+def collect_ablations(s: dict, executor=None) -> pd.DataFrame:
+    """One row per (target, ablation, seed): test metrics after FT, and the LP stage's test metrics."""
+    entries = [({"target": target, "ablation": name}, medmerge_run(s, target, seed, **options))
+               for target in s["ablation_targets"] for seed in s["seeds"] for name, options in ABLATIONS.items()]
+    table = _collect(entries, executor)
+    lp = [run(config.init, progress=False).test for _, config in entries]
+    return table.assign(lp_acc=[m["acc"] for m in lp], lp_f1=[m["f1"] for m in lp])
+
+
+def summary(table: pd.DataFrame, by: list[str], metrics: Iterable[str] = ("acc", "f1")) -> pd.DataFrame:
+    """``mean ± std (n)`` strings per group, in the table's order."""
+    rows = []
+    for keys, group in table.groupby(by, sort=False):
+        rows.append({**dict(zip(by, keys)), **{m: str(summarise(group.sort_values("seed")[m])) for m in metrics}})
+    return pd.DataFrame(rows)
+
+
+def paired_against(table: pd.DataFrame, by: list[str], reference: dict, metric: str) -> pd.DataFrame:
+    """Per target, the paired difference (over seeds) ``reference - group`` for every other group
+    (positive: the reference group is better)."""
+    rows = []
+    for target, per_target in table.groupby("target", sort=False):
+        ref = per_target
+        for column, value in reference.items():
+            ref = ref[ref[column] == value]
+        ref = ref.sort_values("seed")
+        for keys, group in per_target.groupby(by, sort=False):
+            labels = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)))
+            if all(labels.get(k) == v for k, v in reference.items()):
+                continue
+            d = paired_difference(group.sort_values("seed")[metric].to_numpy(), ref[metric].to_numpy())
+            rows.append({"target": target, **labels, "metric": metric, "difference": d.mean, "low": d.low,
+                         "high": d.high, "p": d.p_value, "n": d.n, "significant": d.significant})
+    return pd.DataFrame(rows)
+
+
+def verdict(paired: pd.DataFrame, reference: str) -> str:
+    """One sentence per comparison, true for any outcome: better / worse / no significant difference."""
+    sentences = []
+    for row in paired.itertuples():
+        other = " ".join(str(getattr(row, c)) for c in ("approach", "source", "ablation") if hasattr(row, c))
+        ci = "no CI with one seed" if row.n < 2 else f"95% CI [{row.low:+.3f}, {row.high:+.3f}]"
+        if row.significant:
+            word = "better" if row.difference > 0 else "worse"
+            text = f"{reference} is significantly {word} than {other}"
+        else:
+            text = f"{reference} is not significantly different from {other}"
+        sentences.append(f"{row.target}: {text} in {row.metric.upper()} "
+                         f"(difference {row.difference:+.3f}, {ci}, n={row.n}).")
+    return " ".join(sentences)
+
+
+def learnt_weights(s: dict, target: str, seed: int, **options) -> dict[str, torch.Tensor]:
+    """Per-kernel ``w`` of a finished MedMerge LP run, recovered from its baked model
+    (:func:`~medsoup.medmerge.recover_weights`); ``w`` near 1 favours source b."""
+    config = medmerge_lp_run(s, target, seed, **options)
+    result = run(config, progress=False)
+    arch = load_metadata(result.model_stem)["architecture"]
+    params = config.builder_params
+    state_b = source_state(params["source_b"], arch)
+    state_c = source_state(params["source_c"], arch, like=state_b)
+    template = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
+    return recover_weights(result.load_state(), state_b, state_c, merged_keys(template))
+
+
+def source_model(s: dict, spec: str) -> nn.Module:
+    """A source backbone as a model (its own head); ImageNet weights for ``"imagenet"``."""
+    config = source_config(s, spec)
+    if config == "imagenet":
+        return create_model(s["model"], 1000, 3, s["size"], pretrained="imagenet")
+    return run(config, progress=False).load_model()
+
+
+@torch.no_grad()
+def conv_outputs(model: nn.Module, images: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Outputs of the named modules (e.g. the first and the last convolution) for ``images``, in eval mode."""
+    modules = dict(model.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out.detach().clone()))
+             for n in names]
+    was_training = model.training
+    try:
+        model.eval()
+        model(images)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return captured

@@ -1,0 +1,214 @@
+"""MedMerge: the merge equation's endpoints, gradients only where intended, baking, bad pairs,
+and the LP -> FT chain through the run layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import TINY_TRAIN, tiny
+from medsoup import medmerge as mm
+from medsoup import medmerge_runs as mr
+from medsoup.models import classifier_keys, create_model
+from medsoup.runs import RunConfig, build_model, run
+from medsoup.train import fit
+
+ARCH = {"name": "smallcnn", "num_classes": 3, "in_chans": 3, "img_size": 28}
+
+
+def trained_like(num_classes: int, seed: int) -> nn.Module:
+    """A smallcnn with random weights and non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = create_model("smallcnn", num_classes)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(), m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture
+def pair():
+    return trained_like(2, 1), trained_like(5, 2)
+
+
+def merged_model(pair, **options) -> mm.MedMergeModel:
+    b, c = pair
+    torch.manual_seed(0)
+    return mm.MedMergeModel(create_model("smallcnn", 3), b.state_dict(), c.state_dict(), ARCH, **options)
+
+
+def test_merge_kernels_endpoints_and_broadcast():
+    kb, kc = torch.randn(4, 3, 3, 3), torch.randn(4, 3, 3, 3)
+    assert torch.equal(mm.merge_kernels(torch.ones(4), kb, kc), kb)
+    assert torch.equal(mm.merge_kernels(torch.zeros(4), kb, kc), kc)
+    w = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    expected = torch.stack([w[j] * kb[j] + (1 - w[j]) * kc[j] for j in range(4)])
+    assert torch.allclose(mm.merge_kernels(w, kb, kc), expected)
+    assert torch.allclose(mm.merge_kernels(torch.full_like(kb, 0.25), kb, kc), 0.25 * kb + 0.75 * kc)
+    with pytest.raises(ValueError, match="fits neither"):
+        mm.merge_kernels(torch.ones(3), kb, kc)
+
+
+@pytest.mark.parametrize("parametrisation", mm.PARAMETRISATIONS)
+def test_parametrisations_start_at_half_and_stay_in_unit_interval(parametrisation):
+    assert float(mm.weight_values(torch.zeros(()), parametrisation)) == 0.5
+    w = mm.weight_values(torch.linspace(-50, 50, 101), parametrisation)
+    assert w.min() >= 0 and w.max() <= 1
+    back = mm.weight_values(mm.raw_values(torch.tensor([0.0, 0.3, 1.0]), parametrisation), parametrisation)
+    assert torch.equal(back, torch.tensor([0.0, 0.3, 1.0]))
+    with pytest.raises(ValueError, match="unknown parametrisation"):
+        mm.weight_values(torch.zeros(1), "tanh")
+
+
+@pytest.mark.parametrize("parametrisation", mm.PARAMETRISATIONS)
+@pytest.mark.parametrize("level", mm.LEVELS)
+def test_w_one_gives_source_b_and_w_zero_gives_source_c(pair, parametrisation, level):
+    x = torch.randn(6, 3, 28, 28)
+    model = merged_model(pair, parametrisation=parametrisation, level=level).eval()
+    for w, source in ((1.0, pair[0]), (0.0, pair[1])):
+        model.set_weights(w)
+        merged = model.merged_tensors()
+        for key, tensor in merged.items():
+            assert torch.equal(tensor, source.state_dict()[key]), key
+        # with the source's own BatchNorm and head, the merged model *is* the source
+        reference = trained_like(3, 0)
+        own = {k: v for k, v in source.state_dict().items() if k not in classifier_keys(source)}
+        reference.load_state_dict({**reference.state_dict(), **own})
+        model.template.load_state_dict({k: v for k, v in reference.state_dict().items() if k not in merged},
+                                       strict=False)
+        assert torch.equal(model(x), reference(x))
+
+
+def test_batchnorm_starts_as_mean_of_sources_and_head_is_new(pair):
+    model = merged_model(pair)
+    b, c = (p.state_dict() for p in pair)
+    state = model.template.state_dict()
+    for key in ("features.1.weight", "features.1.running_var", "features.18.bias"):
+        assert torch.allclose(state[key], (b[key] + c[key]) / 2)
+    assert state["head.weight"].shape == (3, 128)
+    assert all(float(w.mean()) == 0.5 for w in model.weights().values())
+    assert len(model.weights()) == 6 and model.weights()["features.0"].shape == (32,)
+
+
+def test_only_w_batchnorm_and_head_get_gradients(pair):
+    model = merged_model(pair).train()
+    names = {n for n, _ in model.named_parameters()}
+    assert names == ({f"w.{i}" for i in range(6)} | {f"template.features.{i}.{p}" for i in (1, 4, 8, 11, 15, 18)
+                                                    for p in ("weight", "bias")} | {"template.head.weight", "template.head.bias"})
+    assert not any("source" in n for n, _ in model.named_parameters())
+    assert all(not b.requires_grad for n, b in model.named_buffers() if "source" in n)
+    assert not any("source" in k for k in model.state_dict())  # sources are not checkpointed
+    model(torch.randn(4, 3, 28, 28)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert all(b.grad is None for b in model.buffers())
+    assert all(not isinstance(m, nn.Conv2d) or m.weight is None for m in model.modules())
+
+
+def test_frozen_batchnorm_gets_no_gradient_and_keeps_statistics(pair):
+    model = merged_model(pair, bn_trainable=False).train()
+    before = {k: v.clone() for k, v in model.template.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"w.{i}" for i in range(6)} | {"template.head.weight", "template.head.bias"}
+    model(torch.randn(4, 3, 28, 28)).sum().backward()
+    assert all(torch.equal(v, model.template.state_dict()[k]) for k, v in before.items())
+
+
+def test_parameter_level_has_one_w_per_weight_entry(pair):
+    model = merged_model(pair, level="parameter")
+    assert [tuple(w.shape) for w in model.w][:2] == [(32, 3, 3, 3), (32, 32, 3, 3)]
+
+
+def test_baked_model_equals_merged_model(pair):
+    model = merged_model(pair)
+    with torch.no_grad():
+        for raw in model.w:
+            raw.normal_()
+    x = torch.randn(8, 3, 28, 28)
+    model.eval()
+    baked = mm.bake(model).eval()
+    assert type(baked) is type(pair[0]) and set(baked.state_dict()) == set(create_model("smallcnn", 3).state_dict())
+    assert torch.allclose(baked(x), model(x), atol=1e-6)
+    # and w can be read back from the baked kernels alone
+    recovered = mm.recover_weights(baked.state_dict(), pair[0].state_dict(), pair[1].state_dict(), model.groups)
+    for name, w in model.weights().items():
+        assert torch.allclose(recovered[name], w, atol=1e-4)
+
+
+def test_bad_pairs_name_the_first_mismatched_key(pair):
+    b = pair[0].state_dict()
+    other = create_model("smallcnn", 2, in_chans=1).state_dict()
+    with pytest.raises(mm.IncompatibleSourcesError, match=r"'features\.0\.weight'.*\(32, 3, 3, 3\).*\(32, 1, 3, 3\)"):
+        mm.check_pair(b, other)
+    renamed = {("body." + k if k.startswith("features.4") else k): v for k, v in b.items()}
+    with pytest.raises(mm.IncompatibleSourcesError, match=r"first mismatched key 'features\.4\.weight'"):
+        mm.check_pair(b, renamed)
+    resnet = create_model("resnet18", 2).state_dict()
+    with pytest.raises(mm.IncompatibleSourcesError, match="first mismatched key 'features.0.weight'"):
+        mm.MedMergeModel(create_model("smallcnn", 3), b, resnet, ARCH)
+    # heads of different class counts are fine; a source that does not fit the target is not
+    mm.check_pair(b, pair[1].state_dict(), ignore=("head.weight", "head.bias"))
+    with pytest.raises(mm.IncompatibleSourcesError, match="target architecture"):
+        mm.MedMergeModel(create_model("smallcnn", 3, in_chans=1), b, pair[1].state_dict(), ARCH)
+
+
+def test_zeros_source_keeps_batchnorm_and_zeroes_kernels(pair):
+    b = pair[0].state_dict()
+    keys = [k for group in mm.merged_keys(pair[0]).values() for k in group]
+    zeros = mm.zeroed_kernels(b, keys)
+    assert all(zeros[k].abs().sum() == 0 for k in keys)
+    assert torch.equal(zeros["features.1.running_mean"], b["features.1.running_mean"])
+
+
+def test_fit_trains_w_and_leaves_sources_untouched(pair):
+    data = tiny("breastmnist")
+    model = merged_model(pair)
+    model.template.reset_classifier(data.num_classes)
+    sources = {n: b.clone() for n, b in model.named_buffers() if "source" in n}
+    fit(model, data, TINY_TRAIN.replace(epochs=1, lr=1e-1, restore_best=False), progress=False)
+    assert any(float((w - 0.5).abs().max()) > 0 for w in model.weights().values())
+    assert all(torch.equal(b, sources[n]) for n, b in model.named_buffers() if "source" in n)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_builder_lp_then_ft_through_the_run_layer(run_cache):
+    s = dict(mr.MEDMERGE["smoke"], train_subset=32, batch_size=16, lp_epochs=1, ft_epochs=1,
+             source_recipe=dict(mr.MEDMERGE["smoke"]["source_recipe"], epochs=1, train_subset=32))
+    final = mr.medmerge_run(s, "breastmnist", seed=0)
+    lp = final.init
+    assert lp.builder == "medmerge" and isinstance(lp.builder_params["source_b"], RunConfig)
+    # the new head does not depend on whether the sources were cached (first call trains them)
+    data = tiny("breastmnist")
+    first, second = build_model(lp, data), build_model(lp, data)
+    assert torch.equal(first.get_classifier().weight, second.get_classifier().weight)
+    result = run(final, progress=False)
+    assert 0 <= result.test["acc"] <= 1
+    # the stored LP model is the baked plain model: one backbone, w recoverable from its kernels
+    assert type(run(lp, progress=False).load_model()).__name__ == "SmallCNN"
+    w = mr.learnt_weights(s, "breastmnist", seed=0)
+    # (NaN marks kernels identical in both sources: after one epoch from one shared init, dead ones)
+    known = torch.cat([v[~v.isnan()] for v in w.values()])
+    assert len(w) == 6 and len(known) > 400 and known.min() >= -1e-3 and known.max() <= 1 + 1e-3
+
+
+def test_builder_rejects_unknown_options():
+    config = RunConfig(dataset="breastmnist", builder="medmerge", builder_params={"source_b": "imagenet"})
+    with pytest.raises(ValueError, match="missing \\['source_c'\\]"):
+        mm.MedMergeBuilder.build(config, tiny("breastmnist"))
+    config = config.replace(builder_params={"source_b": "x", "source_c": "y", "mix": 1})
+    with pytest.raises(ValueError, match="unknown \\['mix'\\]"):
+        mm.MedMergeBuilder.build(config, tiny("breastmnist"))
+
+
+def test_paired_table_and_verdict_follow_the_numbers():
+    import pandas as pd
+
+    table = pd.DataFrame([{"target": "t", "approach": a, "source": "s", "seed": seed, "f1": v}
+                          for a, values in (("FT", (0.5, 0.6, 0.55)), ("MedMerge", (0.6, 0.7, 0.66)))
+                          for seed, v in enumerate(values)])
+    paired = mr.paired_against(table, ["approach", "source"], {"approach": "MedMerge"}, "f1")
+    assert len(paired) == 1 and paired.difference[0] == pytest.approx(0.1033, abs=1e-3)
+    text = mr.verdict(paired, "MedMerge")
+    assert "significantly better than FT s in F1" in text and "n=3" in text
