@@ -13,17 +13,33 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MEDSOUP_DATA", str(ROOT.parent / "shared" / "data" / "medmnist"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One intra-op thread: on a shared 2-core machine OpenMP threads spin against other processes and
+# a test can take 10x longer; the numbers do not depend on it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from medsoup import data as md  # noqa: E402
-from medsoup.train import TrainConfig  # noqa: E402
 
-#: A training config small and fast enough for unit tests (CPU, no augmentation noise in timing).
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+from medsoup.train import Callback, TrainConfig  # noqa: E402
+
+#: A training config small and fast enough for unit tests.
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=16, optimizer="adamw", lr=1e-3, augment="medium",
                          device="cpu", seed=0)
+
+
+class StopAfter(Callback):
+    """Interrupts training (like Ctrl-C) at the end of epoch ``epochs``, before its checkpoint."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_epoch_end(self, model, epoch, record):
+        if epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
 
 
 def tiny(name: str = "breastmnist", size: int = 28, n: int = 24, seed: int = 0) -> md.MedData:
