@@ -62,3 +62,18 @@ def bars_with_error(names: Sequence[str], means: Sequence[float], stds: Sequence
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set(ylabel=ylabel, title=title)
     return ax.figure
+
+
+def image_grid(images, labels: Sequence[str], ncols: int = 8, title: str = ""):
+    """uint8 images (N, C, H, W) in a grid, each titled with its label."""
+    images = np.asarray(images.cpu() if hasattr(images, "cpu") else images)
+    nrows = -(-len(images) // ncols)
+    fig, axes = figure(nrows, ncols, width=1.1, height=1.25)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, labels):
+        ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(label if len(label) <= 14 else label[:12] + "…", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
