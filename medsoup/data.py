@@ -52,9 +52,15 @@ def task_of(name: str) -> str:
             "multi-label, binary-class": "multi-label", "ordinal-regression": "ordinal"}[task]
 
 
+#: ``data/`` of the checkout medsoup is imported from (so notebooks find it from any folder),
+#: or ``./data`` for an installed package.
+DEFAULT_ROOT = (Path(__file__).resolve().parents[1] / "data"
+                if (Path(__file__).resolve().parents[1] / "data").is_dir() else Path("data"))
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data folder: ``root`` if given, else ``$MEDSOUP_DATA``, else ``./data``."""
-    return Path(root if root is not None else os.environ.get(DATA_ENV, "data")).expanduser()
+    """The data folder: ``root`` if given, else ``$MEDSOUP_DATA``, else :data:`DEFAULT_ROOT`."""
+    return Path(root if root is not None else os.environ.get(DATA_ENV, DEFAULT_ROOT)).expanduser()
 
 
 def file_name(name: str, size: int = 28) -> str:

@@ -106,9 +106,14 @@ def run_key(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: ``runs/`` beside the checkout medsoup is imported from, or ``./runs`` for an installed package.
+DEFAULT_CACHE = (Path(__file__).resolve().parents[1] / "runs"
+                 if (Path(__file__).resolve().parents[1] / "pyproject.toml").exists() else Path("runs"))
+
+
 def cache_root(cache: str | os.PathLike | None = None) -> Path:
-    """``cache`` if given, else ``$MEDSOUP_RUNS``, else ``./runs``."""
-    return Path(cache if cache is not None else os.environ.get(RUNS_ENV, "runs"))
+    """``cache`` if given, else ``$MEDSOUP_RUNS``, else :data:`DEFAULT_CACHE`."""
+    return Path(cache if cache is not None else os.environ.get(RUNS_ENV, DEFAULT_CACHE))
 
 
 @dataclass

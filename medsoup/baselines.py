@@ -1,0 +1,78 @@
+"""The baseline record: the book's plain recipe on each dataset over seeds, against MedMNIST v2.
+
+``python -m medsoup.baselines --profile cpu`` trains (or loads from the run cache) the
+:data:`~medsoup.profiles.BASELINE` recipe and writes ``results/baselines.json``: the recipe, seeds,
+per-seed test metrics, mean and std, wall times, machine and versions, and the published
+MedMNIST v2 ResNet-18 (28) numbers it is compared with (Yang et al. 2023, Table 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from medsoup.checkpoint import atomic_write_text
+from medsoup.profiles import BASELINE, baseline_run, resolve_profile, settings
+from medsoup.provenance import code_version, machine, package_versions
+from medsoup.runs import run_many
+from medsoup.stats import summarise
+
+#: MedMNIST v2 (Yang et al., Scientific Data 2023, Table 3), ResNet-18 (28), test ACC / AUC.
+PUBLISHED_RESNET18_28 = {
+    "pneumoniamnist": {"acc": 0.854, "auc": 0.944},
+    "breastmnist": {"acc": 0.863, "auc": 0.901},
+    "retinamnist": {"acc": 0.524, "auc": 0.717},
+    "dermamnist": {"acc": 0.735, "auc": 0.917},
+    "bloodmnist": {"acc": 0.958, "auc": 0.998},
+    "pathmnist": {"acc": 0.907, "auc": 0.983},
+}
+METRICS = ("acc", "auc", "f1", "recall")
+
+
+def baseline_record(profile: str = "cpu", executor=None, **overrides) -> dict:
+    """Train/load the baseline runs of ``profile`` and summarise them per dataset."""
+    recipe = settings(BASELINE, profile, **overrides)
+    record = {"profile": resolve_profile(profile), "recipe": {k: v for k, v in recipe.items() if k != "profile"},
+              "seeds": list(recipe["seeds"]), "datasets": {}, "code_version": code_version(),
+              "versions": package_versions(), "machine": machine()}
+    for dataset in recipe["datasets"]:
+        results = run_many([baseline_run(recipe, dataset, seed) for seed in recipe["seeds"]], executor)
+        entry = {"per_seed": [{"seed": seed, "best_epoch": r.best_epoch, "wall_time": r.wall_time,
+                               **{m: r.test[m] for m in METRICS}} for seed, r in zip(recipe["seeds"], results)]}
+        for metric in METRICS:
+            summary = summarise([r.test[metric] for r in results])
+            entry[metric] = {"mean": summary.mean, "std": summary.std, "n": summary.n}
+        entry["wall_time_total"] = sum(r.wall_time for r in results)
+        if dataset in PUBLISHED_RESNET18_28:
+            published = PUBLISHED_RESNET18_28[dataset]
+            entry["published_resnet18_28"] = published
+            entry["gap"] = {m: entry[m]["mean"] - published[m] for m in published}
+        record["datasets"][dataset] = entry
+    return record
+
+
+def markdown_table(record: dict) -> str:
+    """The record as a markdown table (mean ± std over n seeds vs published ResNet-18 (28))."""
+    lines = ["| dataset | ACC (ours) | AUC (ours) | ACC / AUC published ResNet-18 (28) | n seeds |",
+             "|---|---|---|---|---|"]
+    for dataset, entry in record["datasets"].items():
+        published = entry.get("published_resnet18_28")
+        ref = f"{published['acc']:.3f} / {published['auc']:.3f}" if published else "n/a"
+        lines.append(f"| {dataset} | {entry['acc']['mean']:.3f} ± {entry['acc']['std']:.3f} | "
+                     f"{entry['auc']['mean']:.3f} ± {entry['auc']['std']:.3f} | {ref} | {entry['acc']['n']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--out", default="results/baselines.json")
+    args = parser.parse_args(argv)
+    record = baseline_record(args.profile)
+    atomic_write_text(Path(args.out), json.dumps(record, indent=1))
+    print(markdown_table(record))
+
+
+if __name__ == "__main__":
+    main()
