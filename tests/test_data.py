@@ -189,11 +189,16 @@ def test_existing_file_with_wrong_md5_is_refused_and_unchanged(tmp_path):
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip@200", "flip@1000", "flip@middle"])
 def test_corrupted_npz_gives_clear_error_and_is_not_overwritten(monkeypatch, tmp_path, damage):
     path = write_npz(tmp_path / "retinamnist.npz", md.synthetic_arrays("retinamnist", n_per_split=50))
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"\x00not a zip" * 100)
+    raw = bytearray(path.read_bytes())
+    if damage.startswith("flip"):  # flipped bits inside compressed data: CRC or zlib errors
+        position = len(raw) // 2 if damage == "flip@middle" else int(damage[5:])
+        raw[position] ^= 0xFF
+        raw[position + 1] ^= 0x55
+    path.write_bytes(bytes(raw[: len(raw) // 2]) if damage == "truncate" else
+                     b"\x00not a zip" * 100 if damage == "garbage" else bytes(raw))
     before = path.read_bytes()
     # The MD5 matches (as for a file corrupted before its MD5 was recorded): the reader must still refuse it.
     monkeypatch.setattr(md, "official_md5", lambda name, size=28: md.md5_of(path))
