@@ -71,7 +71,7 @@ def notebook_paths(only: Iterable[str] | None = None) -> list[Path]:
     return [by_stem[name] for name in dict.fromkeys(wanted)]
 
 
-def _stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str, root: Path) -> str:
+def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str, root: Path) -> str:
     """sha256 over everything that changes an executed notebook's content."""
     h = hashlib.sha256()
 
@@ -115,7 +115,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     for i, source in enumerate(sources, 1):
         target = out / source.name
         stamp_file = out / (source.stem + STAMP_SUFFIX)
-        stamp = _stamp(source, params, kernel_name, root)
+        stamp = notebook_stamp(source, params, kernel_name, root)
         tag = f"[book] [{i}/{len(sources)}] {source.stem}"
         if (not force and target.is_file() and stamp_file.is_file()
                 and stamp_file.read_text().strip() == stamp):
@@ -125,7 +125,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
         stamp_file.unlink(missing_ok=True)
         print(f"{tag}: executing ...", flush=True)
         start = time.perf_counter()
-        _run_papermill(source, target, params, kernel_name, root, log_output)
+        run_papermill(source, target, params, kernel_name, root, log_output)
         stamp_file.write_text(stamp + "\n")
         print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "
               f"{target.relative_to(root) if target.is_relative_to(root) else target}", flush=True)
@@ -133,7 +133,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     return executed
 
 
-def _run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_name: str,
+def run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_name: str,
                    cwd: Path, log_output: bool) -> None:
     import papermill
 
@@ -203,7 +203,7 @@ def build_book(warnings_as_errors: bool = True, full: bool = True) -> int:
     return status
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """``-p`` values: JSON where it parses (3, 1e-3, true, [1, 2]), else the string itself."""
     try:
         return json.loads(text)
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("execute", "all"):
         try:
             execute_notebooks(args.profile, only=args.only,
-                              parameters={k: _parse_value(v) for k, v in args.parameter},
+                              parameters={k: parse_value(v) for k, v in args.parameter},
                               kernel_name=args.kernel, force=args.force, log_output=args.log_output)
         except (NotebookExecutionError, ValueError, FileNotFoundError) as err:
             print(f"[book] error: {err}", file=sys.stderr, flush=True)
