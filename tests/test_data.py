@@ -57,7 +57,7 @@ def test_data_root_parameter_then_env_then_default(monkeypatch, tmp_path):
     assert md.data_root(tmp_path / "arg") == tmp_path / "arg"
     assert md.data_root() == tmp_path / "env"
     monkeypatch.delenv("MEDSOUP_DATA")
-    assert str(md.data_root()) == "data"
+    assert md.data_root() == md.DEFAULT_ROOT and md.DEFAULT_ROOT.name == "data"
 
 
 @pytest.mark.parametrize("name", md.DATASETS)

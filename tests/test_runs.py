@@ -75,6 +75,13 @@ def test_key_depends_on_config_and_code_version(monkeypatch):
     assert runs.run_key(CONFIG) != before
 
 
+def test_cache_folder_parameter_then_env_then_default(monkeypatch, tmp_path, run_cache):
+    assert runs.cache_root(tmp_path / "arg") == tmp_path / "arg"
+    assert runs.cache_root() == run_cache
+    monkeypatch.delenv("MEDSOUP_RUNS")
+    assert runs.cache_root() == runs.DEFAULT_CACHE and runs.DEFAULT_CACHE.name == "runs"
+
+
 def test_code_version_hashes_the_sources():
     version = provenance.code_version()
     assert version.startswith(__import__("medsoup").__version__ + "+") and len(version.split("+")[1]) == 12
