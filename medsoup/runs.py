@@ -220,6 +220,8 @@ def run_many(configs: Sequence[RunConfig], executor=None, cache: str | os.PathLi
 
     Any ``concurrent.futures.Executor`` works (``ProcessPoolExecutor`` for local processes),
     and so does a ``dask.distributed.Client`` for a cluster. Finished runs come from the cache.
+    Runs in threads of one process (``ThreadPoolExecutor``, dask ``processes=False``) share torch's
+    global random generator, so only one thread at a time gives reproducible numbers.
     """
     if executor is None:
         return [run(c, cache, progress=False) for c in tqdm(configs, desc="runs", disable=not progress)]

@@ -95,6 +95,8 @@ class Callback:
     A callback with random state or collected tensors implements ``state_dict`` /
     ``load_state_dict`` (flat name -> tensor) so interrupted runs resume exactly, and
     ``artifacts()`` (name -> state dict) for what the run layer should store with the run.
+    On resume ``load_state_dict`` is called before ``on_fit_start``, so ``on_fit_start`` must not
+    reset the state it restored.
     """
 
     def on_fit_start(self, model: nn.Module, steps_per_epoch: int, total_steps: int) -> None: ...

@@ -1,7 +1,8 @@
 """Shared fixtures: tiny synthetic datasets, real BreastMNIST when available, a run cache per test.
 
 Environment defaults are set before medsoup (and huggingface_hub) are imported: the offline
-MedMNIST files in ``../shared/data/medmnist`` and ``HF_HUB_OFFLINE=1``.
+MedMNIST files in ``../shared/data/medmnist`` when that folder exists (else medsoup's default data
+folder), ``HF_HUB_OFFLINE=1`` and one torch thread.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MEDSOUP_DATA", str(ROOT.parent / "shared" / "data" / "medmnist"))
+SHARED_DATA = ROOT.parent / "shared" / "data" / "medmnist"  # the official offline files, where present
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("MEDSOUP_DATA", str(SHARED_DATA))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # One intra-op thread: on a shared 2-core machine OpenMP threads spin against other processes and

@@ -37,6 +37,9 @@ class Recorder(train.Callback):
     def on_fit_end(self, model):
         self.calls.append(("end",))
 
+    def load_state_dict(self, state):
+        self.calls.append(("load",))
+
 
 # ---------------------------------------------------------------- config
 
@@ -188,6 +191,7 @@ def test_resumed_fit_equals_an_uninterrupted_one(tiny_data, tmp_path):
     assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 2  # interrupted before epoch 3's save
     recorder = Recorder()
     _, resumed = _fit(tiny_data, config, [recorder], checkpoint=tmp_path / "resume", seed=123)
+    assert recorder.calls[:2] == [("load",), ("start", 2, 8)]  # state restored before on_fit_start
     assert [c[1] for c in recorder.calls if c[0] == "epoch"] == [2, 3]  # only the missing epochs ran
     strip = lambda history: [{k: v for k, v in h.items() if k not in ("time", "custom")} for h in history]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
