@@ -75,8 +75,8 @@ def merge_kernels(w: torch.Tensor, k_b: torch.Tensor, k_c: torch.Tensor) -> torc
     """MedMerge's merged kernels (Sec. 2): ``theta_Kj = w_j theta_Kj(b) + (1 - w_j) theta_Kj(c)``.
 
     ``w`` has one value per output channel (shape ``(k_b.shape[0],)``: kernel level) or the shape
-    of ``k_b`` (parameter level). Written in the paper's form, so ``w = 1`` returns ``k_b`` and
-    ``w = 0`` returns ``k_c`` exactly.
+    of ``k_b`` (parameter level). Computed as one fused ``torch.lerp(k_c, k_b, w)``, which equals
+    the paper's form and returns ``k_b`` at ``w = 1`` and ``k_c`` at ``w = 0`` exactly.
     """
     if k_b.shape != k_c.shape:
         raise ValueError(f"kernels of different shapes {tuple(k_b.shape)} and {tuple(k_c.shape)}")
@@ -85,7 +85,7 @@ def merge_kernels(w: torch.Tensor, k_b: torch.Tensor, k_c: torch.Tensor) -> torc
             raise ValueError(f"w of shape {tuple(w.shape)} fits neither the kernels {tuple(k_b.shape)} "
                              f"nor their output channels ({k_b.shape[0]},)")
         w = w.reshape(-1, *([1] * (k_b.dim() - 1)))
-    return w * k_b + (1 - w) * k_c
+    return torch.lerp(k_c, k_b, w)
 
 
 def weight_values(raw: torch.Tensor, parametrisation: str) -> torch.Tensor:
@@ -101,8 +101,9 @@ def raw_values(w: torch.Tensor, parametrisation: str) -> torch.Tensor:
     """Inverse of :func:`weight_values` (``w = 1`` is ``raw = inf`` under the sigmoid)."""
     if parametrisation == "sigmoid":
         return torch.logit(w)
-    weight_values(w, parametrisation)
-    return w - 0.5
+    if parametrisation == "clamp":
+        return w - 0.5
+    raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
 
 
 def merged_keys(model: nn.Module) -> dict[str, list[str]]:
@@ -134,7 +135,8 @@ class MedMergeModel(nn.Module):
         super().__init__()
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; valid: {', '.join(LEVELS)}")
-        weight_values(torch.zeros(1), parametrisation)
+        if parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
         head = classifier_keys(template)
         own = template.state_dict()
         check_pair(state_b, state_c, ignore=head)

@@ -23,7 +23,7 @@ from torch import nn
 
 from medsoup.checkpoint import load_metadata
 from medsoup.medmerge import merged_keys, recover_weights, source_state
-from medsoup.models import create_model
+from medsoup.models import conv_layers, create_model
 from medsoup.profiles import BASELINE, CPU_DATASETS, baseline_run
 from medsoup.runs import RunConfig, run, run_many
 from medsoup.stats import paired_difference, summarise
@@ -222,3 +222,36 @@ def conv_outputs(model: nn.Module, images: torch.Tensor, names: Iterable[str]) -
         for hook in hooks:
             hook.remove()
     return captured
+
+
+def mean_learnt_weights(s: dict, target: str, **options) -> dict[str, torch.Tensor]:
+    """Per-kernel ``w`` averaged over the profile's seeds (NaN kernels ignored)."""
+    per_seed = [learnt_weights(s, target, seed, **options) for seed in s["seeds"]]
+    return {name: torch.stack([w[name] for w in per_seed]).nanmean(dim=0) for name in per_seed[0]}
+
+
+def feature_map_rows(s: dict, target: str, seed: int, image: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Outputs of the first and the last convolution for one image (C, H, W) through source b,
+    source c and the merged model of the MedMerge LP stage (before FT): the paper's Fig. 3."""
+    source_b, source_c = s["sources"][target]
+    models = {f"source b: {source_b}": source_model(s, source_b), f"source c: {source_c}": source_model(s, source_c),
+              "MedMerge (merged, LP)": run(medmerge_lp_run(s, target, seed), progress=False).load_model()}
+    rows = {}
+    for label, model in models.items():
+        convs = [name for name, _ in conv_layers(model)]
+        outputs = conv_outputs(model, image[None], (convs[0], convs[-1]))
+        rows[label] = {"low level (conv 1)": outputs[convs[0]][0],
+                       f"high level (conv {len(convs)})": outputs[convs[-1]][0]}
+    return rows
+
+
+def w_agrees_with_ft(s: dict, table: pd.DataFrame, layer_means: dict[str, list[float]]) -> dict[str, bool]:
+    """Per target: is the source favoured by the mean learnt ``w`` (above 0.5: source b) the one
+    whose plain FT reached the higher mean test F1? (The paper's Fig. 2 / Table 1 reading.)"""
+    ft = table[table.approach == "FT"].groupby(["target", "source"]).f1.mean()
+    out = {}
+    for target, means in layer_means.items():
+        b, c = s["sources"][target]
+        favoured = b if sum(means) / len(means) > 0.5 else c
+        out[target] = favoured == (b if ft[(target, b)] > ft[(target, c)] else c)
+    return out

@@ -191,6 +191,9 @@ def test_builder_lp_then_ft_through_the_run_layer(run_cache):
     # (NaN marks kernels identical in both sources: after one epoch from one shared init, dead ones)
     known = torch.cat([v[~v.isnan()] for v in w.values()])
     assert len(w) == 6 and len(known) > 400 and known.min() >= -1e-3 and known.max() <= 1 + 1e-3
+    rows = mr.feature_map_rows(s, "breastmnist", 0, torch.randn(3, 28, 28))
+    assert list(rows) == ["source b: pneumoniamnist", "source c: retinamnist", "MedMerge (merged, LP)"]
+    assert [tuple(m.shape) for m in rows["MedMerge (merged, LP)"].values()] == [(32, 28, 28), (128, 7, 7)]
 
 
 def test_builder_rejects_unknown_options():
@@ -212,3 +215,13 @@ def test_paired_table_and_verdict_follow_the_numbers():
     assert len(paired) == 1 and paired.difference[0] == pytest.approx(0.1033, abs=1e-3)
     text = mr.verdict(paired, "MedMerge")
     assert "significantly better than FT s in F1" in text and "n=3" in text
+
+
+def test_w_agreement_compares_favoured_source_with_better_ft():
+    import pandas as pd
+
+    s = {"sources": {"t": ("b", "c")}}
+    table = pd.DataFrame([{"target": "t", "approach": "FT", "source": src, "seed": 0, "f1": f1}
+                          for src, f1 in (("b", 0.7), ("c", 0.6))])
+    assert mr.w_agrees_with_ft(s, table, {"t": [0.6, 0.7]}) == {"t": True}
+    assert mr.w_agrees_with_ft(s, table, {"t": [0.4, 0.3]}) == {"t": False}

@@ -1,0 +1,55 @@
+"""Figures of the MedMerge chapter: heat maps of the learnt w per layer (the paper's Fig. 2 and 4)
+and feature maps of one image through the two sources and the merged model (Fig. 3)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import seaborn as sns
+import torch
+
+from medsoup.figures import figure
+
+
+def weight_heatmap(rows: Mapping[str, Mapping[str, torch.Tensor]], title: str = "", b_label: str = "source b",
+                   c_label: str = "source c"):
+    """Mean learnt ``w`` of every convolution layer (columns, input to output) for each row label
+    (e.g. a target). ``w = 1`` takes the kernel from source b, ``w = 0`` from source c; kernels
+    with no defined ``w`` (NaN) are left out of the mean."""
+    labels = list(rows)
+    layers = list(next(iter(rows.values())))
+    means = np.array([[float(np.nanmean(rows[r][layer].float().numpy())) for layer in layers] for r in labels])
+    fig, ax = figure(width=max(4.5, 0.75 * len(layers) + 2.5), height=max(1.8, 0.55 * len(labels) + 1.3))
+    sns.heatmap(means, ax=ax, vmin=0, vmax=1, center=0.5, cmap="coolwarm", annot=True, fmt=".2f",
+                xticklabels=[f"{i + 1}" for i in range(len(layers))], yticklabels=labels,
+                cbar_kws={"label": f"mean w  (1: {b_label}, 0: {c_label})"})
+    ax.set(xlabel="convolution layer (input → output)", title=title)
+    ax.tick_params(axis="y", rotation=0)
+    return fig
+
+
+def feature_maps(image: torch.Tensor, rows: Mapping[str, Mapping[str, torch.Tensor]], title: str = ""):
+    """One image (C, H, W, normalised) and, per model (rows), the channel-mean magnitude of each
+    named layer's output (columns, e.g. "low level" and "high level"), each map scaled to [0, 1]."""
+    layers = list(next(iter(rows.values())))
+    fig, axes = figure(len(rows), len(layers) + 1, width=1.9, height=1.9)
+    shown = image.float()
+    shown = (shown - shown.min()) / (shown.max() - shown.min()).clamp(min=1e-8)
+    for i, (label, maps) in enumerate(rows.items()):
+        axes[i, 0].imshow(shown.permute(1, 2, 0).numpy() if shown.shape[0] == 3 else shown[0].numpy(),
+                          cmap=None if shown.shape[0] == 3 else "gray")
+        axes[i, 0].set_ylabel(label)
+        for j, layer in enumerate(layers):
+            m = maps[layer].float().abs().mean(dim=0)
+            m = (m - m.min()) / (m.max() - m.min()).clamp(min=1e-8)
+            axes[i, j + 1].imshow(m.numpy(), cmap="magma")
+            if i == 0:
+                axes[i, j + 1].set_title(layer)
+    axes[0, 0].set_title("input")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.grid(False)
+    if title:
+        fig.suptitle(title)
+    return fig
