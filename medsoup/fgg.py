@@ -33,20 +33,20 @@ METRIC = {"retinamnist": "f1", "pneumoniamnist": "f1", "breastmnist": "auc"}
 SOURCE = {"breastmnist": "pneumoniamnist", "retinamnist": "pneumoniamnist", "pneumoniamnist": "retinamnist"}
 
 FISSIONFUSION: dict[str, dict] = {
-    "smoke": dict(datasets=("breastmnist",), seeds=(0,), grid_seeds=1, model="smallcnn", size=28,
+    "smoke": dict(datasets=("breastmnist",), seeds=(0,), grid_seeds=2, model="smallcnn", size=28,
                   train_subset=128, source_subset=512, pretrain_epochs=1, lp_epochs=1, lp_lr=1e-3,
                   epochs=2, lrs=(1e-3, 1e-4), augments=("medium", "heavy"), batch_size=64,
-                  weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=3, fgg_cycle_epochs=2.0,
+                  weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=2, fgg_cycle_epochs=2.0,
                   fgg_lr_max=1e-4, fgg_lr_min=1e-7, corruptions=("gaussian_noise", "contrast_down"),
-                  severity=3, grid_points=5, lmc_points=5),
+                  severity=3, grid_points=5, lmc_points=5, bn_images=512),
     "cpu": dict(datasets=CPU_DATASETS, seeds=(0, 1, 2), grid_seeds=2, model="smallcnn", size=28,
-                train_subset=None, source_subset=None, pretrain_epochs=10, lp_epochs=5, lp_lr=1e-3,
-                epochs=10, lrs=(3e-3, 1e-3, 3e-4, 1e-4), augments=("minimal", "medium", "heavy"),
+                train_subset=1000, source_subset=2000, pretrain_epochs=8, lp_epochs=3, lp_lr=1e-3,
+                epochs=6, lrs=(3e-3, 1e-3, 3e-4, 1e-4), augments=("medium", "heavy"),
                 batch_size=128, weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=5,
-                fgg_cycle_epochs=2.0, fgg_lr_max=1e-4, fgg_lr_min=1e-7,
+                fgg_cycle_epochs=1.0, fgg_lr_max=1e-4, fgg_lr_min=1e-7,
                 corruptions=("gaussian_noise", "speckle_noise", "gaussian_blur", "brightness_down",
                              "contrast_down", "pixelate"),
-                severity=3, grid_points=21, lmc_points=11),
+                severity=3, grid_points=11, lmc_points=11, bn_images=1024),
     "paper": dict(datasets=CPU_DATASETS, seeds=(0, 1, 2), grid_seeds=2, model="resnet50", size=224,
                   train_subset=None, source_subset=None, pretrain_epochs=0, lp_epochs=10, lp_lr=1e-3,
                   epochs=50, lrs=(1e-3, 5e-4, 1e-4, 5e-5, 1e-5, 5e-6, 1e-6, 1e-7),
@@ -55,7 +55,7 @@ FISSIONFUSION: dict[str, dict] = {
                   fgg_lr_min=1e-8,
                   corruptions=("gaussian_noise", "speckle_noise", "gaussian_blur", "brightness_down",
                                "contrast_down", "pixelate"),
-                  severity=3, grid_points=21, lmc_points=21),
+                  severity=3, grid_points=21, lmc_points=21, bn_images=None),
 }
 
 

@@ -89,12 +89,12 @@ class LMCCurve:
 
 
 def lmc_curve(model: nn.Module, state_a: StateDict, state_b: StateDict, data: MedData, points: int = 11,
-              split: str = "val", recalibrate: bool = False) -> LMCCurve:
+              split: str = "val", recalibrate: bool = False, bn_images: int | None = None) -> LMCCurve:
     """FissionFusion's LMC analysis (Appendix B1): metrics at ``points`` evenly spaced lambdas in
     [0, 1] of theta(lambda) = lambda * theta_A + (1 - lambda) * theta_B (lambda = 1 is A)."""
     lambdas = np.linspace(0.0, 1.0, points).tolist()
     metrics = evaluate_combinations(model, [state_a, state_b], [(lam, 1 - lam) for lam in lambdas], data, split,
-                                    recalibrate)
+                                    recalibrate, bn_images)
     return LMCCurve(lambdas, metrics)
 
 
@@ -179,7 +179,8 @@ class Landscape:
 
 
 def plane_landscape(model: nn.Module, states: Sequence[StateDict], data: MedData, points: int = 21,
-                    margin: float = 0.2, split: str = "val", recalibrate: bool = True) -> Landscape:
+                    margin: float = 0.2, split: str = "val", recalibrate: bool = True,
+                    bn_images: int | None = None) -> Landscape:
     """The 2-D slice of Fig. 1 (after Garipov et al.): metrics on a ``points`` x ``points`` grid in
     the plane through three models (parameters only; BatchNorm recomputed at every point when
     ``recalibrate``, else the running statistics combined with the same coefficients)."""
@@ -189,7 +190,7 @@ def plane_landscape(model: nn.Module, states: Sequence[StateDict], data: MedData
     plane = plane_basis(*(flatten(s, keys) for s in states))
     xs, ys = plane_grid(plane, points, margin)
     rows = [plane.coefficients(x, y) for y in ys for x in xs]
-    flat = evaluate_combinations(model, states, rows, data, split, recalibrate)
+    flat = evaluate_combinations(model, states, rows, data, split, recalibrate, bn_images)
     metrics = [flat[i * len(xs):(i + 1) * len(xs)] for i in range(len(ys))]
     return Landscape(xs, ys, metrics, plane.coordinates())
 
@@ -216,7 +217,8 @@ def filter_normalized_direction(state: StateDict, parameter_keys: Sequence[str],
 
 
 def random_landscape(model: nn.Module, state: StateDict, data: MedData, points: int = 21, extent: float = 1.0,
-                     seed: int = 0, split: str = "val", recalibrate: bool = True) -> Landscape:
+                     seed: int = 0, split: str = "val", recalibrate: bool = True,
+                     bn_images: int | None = None) -> Landscape:
     """Metrics on ``state + x d1 + y d2`` for x, y in [-extent, extent] with two filter-normalised
     directions (Li et al. 2018)."""
     keys = [k for k, _ in model.named_parameters()]
@@ -224,7 +226,7 @@ def random_landscape(model: nn.Module, state: StateDict, data: MedData, points: 
     d2 = filter_normalized_direction(state, keys, seed + 1)
     xs = ys = np.linspace(-extent, extent, points)
     rows = [(1.0, x, y) for y in ys for x in xs]
-    flat = evaluate_combinations(model, [state, d1, d2], rows, data, split, recalibrate)
+    flat = evaluate_combinations(model, [state, d1, d2], rows, data, split, recalibrate, bn_images)
     metrics = [flat[i * len(xs):(i + 1) * len(xs)] for i in range(len(ys))]
     return Landscape(xs, ys, metrics, [(0.0, 0.0)])
 
