@@ -5,7 +5,8 @@
 #                             and build the Jupyter Book into _build/html; args go to
 #                             `python -m medsoup.book all`, e.g. --profile smoke, --force
 #   bash run.sh test [args]   fast tests (pytest -m "not slow" [args]), every notebook on the smoke
-#                             profile, and the book build with warnings as errors
+#                             profile, the book build with warnings as errors, and a check of the
+#                             built pages in headless Chromium (links only where it is missing)
 #
 # Both create .venv if it is missing and install the pinned environment
 # (pip install -c constraints.txt -e ".[all]") whenever pyproject.toml or constraints.txt changed.
@@ -16,7 +17,7 @@ VENV=.venv
 STAMP="$VENV/.medsoup-install-stamp"
 
 usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -67,6 +68,17 @@ run_tests() {
   return "$rc"
 }
 
+check_pages() {  # links always; pages, figures and console in Chromium where it is installed
+  local rc=0
+  "$VENV/bin/python" tests/browser/check_book.py _build/html || rc=$?
+  if [ "$rc" -eq 3 ]; then
+    echo "run.sh: NOTE: the browser check was skipped (no chromium/chromedriver/selenium); links were checked." \
+         "Install with: apt-get install -y chromium chromium-driver" >&2
+    return 0
+  fi
+  return "$rc"
+}
+
 [ $# -ge 1 ] || usage
 cmd=$1
 shift
@@ -93,6 +105,7 @@ case "$cmd" in
     # Every notebook in _toc.yml must be executed for the -W build to pass.
     step "execute notebooks (profile smoke)" "$VENV/bin/python" -m medsoup.book execute --profile smoke
     step "build the book (warnings are errors)" "$VENV/bin/python" -m medsoup.book build
+    step "check the built pages (headless Chromium)" check_pages
     ;;
   -h|--help|help) usage ;;
   *) echo "run.sh: unknown command '$cmd'" >&2; usage ;;

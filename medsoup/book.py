@@ -40,6 +40,7 @@ from typing import Any
 
 EXECUTED_DIR = "book/executed"
 STAMP_SUFFIX = ".stamp"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 class NotebookExecutionError(RuntimeError):
@@ -139,6 +140,11 @@ def run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_
 
     if log_output:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The kernel inherits this process's environment; with MPLBACKEND=Agg (run.sh test, CI) glued
+    # figures would be stored as "<Figure size ...>" text instead of PNGs, and the book would have
+    # no images. The kernel always gets the inline backend.
+    saved_backend = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
     try:
         papermill.execute_notebook(
             str(source), str(target), parameters=dict(params), kernel_name=kernel_name,
@@ -154,6 +160,11 @@ def run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_
             f"notebook {source.name} could not be executed: {type(err).__name__}: {err}; "
             f"the partially executed notebook (if any) is {target}"
         ) from err
+    finally:
+        if saved_backend is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = saved_backend
 
 
 def _toc_files(node: Any) -> Iterable[str]:

@@ -60,6 +60,7 @@ def _tiny_notebook(path: Path) -> Path:
         "assert x != 'boom', 'asked to fail'\n"
         "glue('square', x * x, display=False)\nglue('label', f'{name}-{profile}', display=False)\n"
         "glue('shown', 0.5)\nglue('obj', object(), display=False)\n"
+        "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, 1])\nglue('fig', fig, display=False)\n"
         "pathlib.Path('results/tiny').mkdir(parents=True, exist_ok=True)\n"
         "pathlib.Path('results/tiny/out.json').write_text(json.dumps({'x': x}))")]
     nbformat.write(nb, str(path))
@@ -82,7 +83,13 @@ def test_run_batch_executes_names_scrapes_and_summarises(tmp_path, monkeypatch):
     assert [r["status"] for r in rows[:2]] == ["ok", "ok"]
     assert rows[2]["status"].startswith("failed") and "asked to fail" in rows[2]["status"]
     assert (rows[0]["square"], rows[1]["square"], rows[0]["label"], rows[0]["shown"]) == (4, 9, "b-smoke", 0.5)
-    assert "obj" not in rows[0]  # not a literal: left out
+    assert "obj" not in rows[0] and "fig" not in rows[0]  # not literals: left out
+    # the kernel plots inline even though the tests run with MPLBACKEND=Agg: glued figures are PNGs
+    assert os.environ["MPLBACKEND"] == "Agg"
+    executed = nbformat.read(str(out / "tiny__x=2__name=b.ipynb"), as_version=4)
+    figures = [o for c in executed.cells for o in c.get("outputs", [])
+               if o.get("metadata", {}).get("scrapbook", {}).get("name") == "fig"]
+    assert "application/papermill.record/image/png" in figures[0]["data"]
     # each job wrote its own results file in its own working directory
     assert json.loads((out / "tiny__x=3__name=b" / "results/tiny/out.json").read_text()) == {"x": 3}
     assert rows[1]["results"] == "results/tiny/out.json"
