@@ -11,7 +11,9 @@ repository root, the same as for ``pytest``, the ``medsoup`` CLIs and the README
 example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset.
 A notebook is skipped when its executed copy exists and its stamp file ``<name>.stamp`` beside it
 matches the sha256 of (source notebook, parameters, kernel, the ``medsoup/`` sources,
-``constraints.txt``), so a rebuild with nothing changed takes seconds.
+``constraints.txt``; for a notebook whose metadata says ``medsoup.reads_results``, also the other
+notebooks' ``results/*/<profile>.json``), so a rebuild with nothing changed takes seconds. Each
+execution's wall time goes to ``results/timings/<profile>.json``.
 
 Profiles: ``smoke`` (CI, minutes), ``cpu`` (a 2-core machine), ``paper`` (a GPU, the papers'
 settings); ``auto`` is ``paper`` when CUDA is available and ``cpu`` otherwise.
@@ -40,6 +42,7 @@ from typing import Any
 
 EXECUTED_DIR = "book/executed"
 STAMP_SUFFIX = ".stamp"
+TIMINGS_DIR = "timings"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
@@ -88,7 +91,28 @@ def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str
     constraints = root / "constraints.txt"
     if constraints.is_file():
         add("constraints.txt", constraints.read_bytes())
+    if json.loads(source.read_text()).get("metadata", {}).get("medsoup", {}).get("reads_results"):
+        # A page built from other notebooks' results (comparison, reproducibility) is stale
+        # when they change.
+        profile = parameters.get("profile", "")
+        for path in sorted((root / "results").glob(f"*/{profile}.json")):
+            if path.parent.name not in (source.stem, TIMINGS_DIR):
+                add(path.relative_to(root).as_posix(), path.read_bytes())
     return h.hexdigest()
+
+
+def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Path:
+    """Add a notebook's execution time to ``results/timings/<profile>.json`` (the reproducibility
+    page's wall times); machine and code version are recorded with it."""
+    from medsoup.checkpoint import atomic_write_text
+    from medsoup.provenance import code_version, machine
+
+    path = root / "results" / TIMINGS_DIR / f"{profile}.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record[notebook] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "code_version": code_version(), "machine": machine()}
+    atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1))
+    return path
 
 
 def execute_notebooks(profile: str, only: Iterable[str] | None = None,
@@ -128,6 +152,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
         start = time.perf_counter()
         run_papermill(source, target, params, kernel_name, root, log_output)
         stamp_file.write_text(stamp + "\n")
+        record_timing(root, profile, source.stem, time.perf_counter() - start)
         print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "
               f"{target.relative_to(root) if target.is_relative_to(root) else target}", flush=True)
         executed.append(target)
