@@ -33,15 +33,13 @@ same number of epochs without merging (same seed, so the same batches).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from medsoup.kernels import kernel_vectors
 from medsoup.models import conv_layers
 from medsoup.profiles import CPU_DATASETS
 from medsoup.stats import paired_difference, summarise
@@ -66,6 +64,25 @@ def check_params(alpha: float, p: float, tau: float, first_layer: int = 0) -> No
         raise ValueError(f"InMerge first_layer (L_s) must be an integer >= 0, got {first_layer!r}")
 
 
+def _draw(n: int, p: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selected kernels (Eq. (4)) and their partners ``j = (i + u) mod n``, ``u`` uniform in
+    ``1..n-1`` (uniform over ``j != i``); always ``2 n`` draws from the CPU ``generator``."""
+    selected = torch.rand(n, generator=generator) < p
+    partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n
+    rows = selected.nonzero().squeeze(1)  # host tensors: no device synchronisation
+    return rows, partner[rows]
+
+
+def _merged_rows(flat: torch.Tensor, rows: torch.Tensor, partners: torch.Tensor, alpha: float, tau: float,
+                 dissimilar: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """New values of kernel rows ``rows`` of ``flat`` (Eq. (3)) and how many of them merged."""
+    own, other = flat[rows], flat[partners]
+    norms = own.norm(dim=1) * other.norm(dim=1)
+    sim = ((own * other).sum(dim=1) / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)  # Eq. (2)
+    merge = (sim < tau) if dissimilar else (sim > tau)
+    return torch.where(merge[:, None], torch.lerp(other, own, alpha), own), merge.sum()
+
+
 def merge_kernels(weight: torch.Tensor, alpha: float = 0.8, p: float = 0.3, tau: float = 0.3,
                   generator: torch.Generator | None = None, dissimilar: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,42 +90,47 @@ def merge_kernels(weight: torch.Tensor, alpha: float = 0.8, p: float = 0.3, tau:
 
     Kernel ``i`` (``weight[i]``) is selected with probability ``p`` (Eq. (4)), paired with
     ``j = (i + u) mod n``, ``u`` uniform in ``1..n-1`` (uniform over ``j != i``), and becomes
-    ``alpha K_i + (1 - alpha) K_j`` if ``sim(k_i, k_j) > tau`` (Eq. (3); ``< tau`` with
-    ``dissimilar``), every merge reading the original ``weight`` (Algorithm 1's ``W' <- W``).
-    Random numbers come from ``generator`` (a CPU generator; the global one if None): always
-    ``2 n`` draws, whatever ``p`` and ``tau``. ``n_merged`` is a 0-d int64 tensor on the weight's
-    device, so no host synchronisation happens here.
+    ``alpha K_i + (1 - alpha) K_j`` if ``sim(k_i, k_j) > tau`` (Eq. (3) with the cosine of
+    Eq. (2); ``< tau`` with ``dissimilar``), every merge reading the original ``weight``
+    (Algorithm 1's ``W' <- W``). Random numbers come from ``generator`` (a CPU generator; the
+    global one if None): always ``2 n`` draws, whatever ``p`` and ``tau``. Only the selected
+    kernels are compared. ``n_merged`` is a 0-d int64 tensor on the weight's device, so no host
+    synchronisation happens here.
     """
     check_params(alpha, p, tau)
+    new = weight.detach().clone()
+    return new, _merge_in_place(new, alpha, p, tau, generator, dissimilar)
+
+
+def _merge_in_place(weight: torch.Tensor, alpha: float, p: float, tau: float,
+                    generator: torch.Generator | None, dissimilar: bool) -> torch.Tensor:
     n = weight.shape[0]
     if n < 2:
-        return weight.detach().clone(), torch.zeros((), dtype=torch.int64, device=weight.device)
-    selected = torch.rand(n, generator=generator) < p
-    partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n
-    selected, partner = selected.to(weight.device), partner.to(weight.device)
-    flat = kernel_vectors(weight)
-    sim = F.cosine_similarity(flat, flat[partner], dim=1, eps=1e-12).clamp(-1.0, 1.0)
-    merge = selected & ((sim < tau) if dissimilar else (sim > tau))
-    original = weight.detach().reshape(n, -1)
-    merged = alpha * original + (1.0 - alpha) * original[partner]
-    new = torch.where(merge[:, None], merged, original).reshape(weight.shape)
-    return new, merge.sum()
+        return torch.zeros((), dtype=torch.int64, device=weight.device)
+    rows, partners = _draw(n, p, generator)
+    rows, partners = rows.to(weight.device), partners.to(weight.device)
+    flat = weight.reshape(n, -1)  # a view unless the weight is stored non-contiguously
+    values, n_merged = _merged_rows(flat, rows, partners, alpha, tau, dissimilar)
+    flat[rows] = values  # every value above was computed from the weights before the step
+    if flat.data_ptr() != weight.data_ptr():
+        weight.copy_(flat.view(weight.shape))
+    return n_merged
 
 
 def merge_layers(layers: Layers, first_layer: int, alpha: float = 0.8, p: float = 0.3, tau: float = 0.3,
                  generator: torch.Generator | None = None, dissimilar: bool = False) -> dict[str, torch.Tensor]:
-    """Apply :func:`merge_kernels` in place to every layer of ``layers`` at index ``>= first_layer``.
+    """:func:`merge_kernels` applied in place to every layer of ``layers`` at index ``>= first_layer``.
 
     ``layers`` is the network's ``(name, Conv2d)`` list in forward order (see
     :func:`forward_conv_layers`); returns layer name -> number of kernels merged (0-d tensors),
-    for the merged layers only.
+    for the merged layers only. Same random draws and results as :func:`merge_kernels`, without
+    copying whole weights.
     """
     check_params(alpha, p, tau, first_layer)
     counts = {}
     with torch.no_grad():
         for name, conv in list(layers)[first_layer:]:
-            new, counts[name] = merge_kernels(conv.weight, alpha, p, tau, generator, dissimilar)
-            conv.weight.copy_(new)
+            counts[name] = _merge_in_place(conv.weight, alpha, p, tau, generator, dissimilar)
     return counts
 
 
@@ -283,27 +305,75 @@ def protocol(s: dict, dataset: str, seed: int, model: str | None = None, **merge
             "inmerge": finetune_run(s, dataset, seed, model, inmerge_params(s, seed, **merge_overrides))}
 
 
-def comparison(rows: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"), by: str = "dataset") -> pd.DataFrame:
+def sweep(s: dict, variants: Mapping[str, dict], datasets: Sequence[str], seeds: Sequence[int],
+          model: str | None = None, executor=None, progress: bool = True) -> list[dict]:
+    """Run the protocol for every dataset, seed and InMerge variant; one record per combination.
+
+    ``variants``: label -> InMerge parameter overrides (e.g. ``{"p=1": {"p": 1.0}}``). Backbones
+    run first, then the fine-tuning runs (a baseline is shared by all variants of its seed). A
+    record holds ``dataset``, ``seed``, ``setting`` (the label), the overrides, the ``baseline`` and
+    ``inmerge`` test metrics, the mean ``merge_rate`` and the ``runs`` (RunResults).
+    """
+    from medsoup.runs import run_key, run_many
+
+    jobs = [(d, seed, label, protocol(s, d, seed, model, **params))
+            for d in datasets for seed in seeds for label, params in variants.items()]
+    for arms in (("backbone",), ("baseline", "inmerge")):
+        unique = {run_key(p[a]): p[a] for *_, p in jobs for a in arms}
+        done = dict(zip(unique, run_many(list(unique.values()), executor, progress=progress)))
+    records = []
+    for d, seed, label, p in jobs:
+        base, merged = done[run_key(p["baseline"])], done[run_key(p["inmerge"])]
+        records.append({"dataset": d, "model": model or s["model"], "seed": seed, "setting": label, **variants[label],
+                        "baseline": base.test, "inmerge": merged.test,
+                        "merge_rate": float(merge_rates(merged.history).mean()),
+                        "runs": {"baseline": base, "inmerge": merged}})
+    return records
+
+
+def comparison(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
+               by: str | Sequence[str] = "dataset") -> pd.DataFrame:
     """Baseline vs InMerge per group: mean +- std over seeds and the paired difference with its 95% CI.
 
-    ``rows`` are records ``{by: ..., "seed", "baseline": test metrics, "inmerge": test metrics}``,
-    baseline and InMerge measured on the same seed.
+    ``records`` (e.g. from :func:`sweep`) hold the ``by`` keys, ``seed``, and the ``baseline`` and
+    ``inmerge`` test metrics measured on the same seed; ``merge_rate`` is averaged when present.
     """
+    keys = (by,) if isinstance(by, str) else tuple(by)
     table = []
-    for group in dict.fromkeys(r[by] for r in rows):
-        mine = sorted((r for r in rows if r[by] == group), key=lambda r: r["seed"])
+    for group in dict.fromkeys(tuple(r[k] for k in keys) for r in records):
+        mine = sorted((r for r in records if tuple(r[k] for k in keys) == group), key=lambda r: r["seed"])
         for metric in metrics:
             base = [r["baseline"][metric] for r in mine]
             merged = [r["inmerge"][metric] for r in mine]
             b, m, d = summarise(base), summarise(merged), paired_difference(base, merged)
-            table.append({by: group, "metric": metric, "n": b.n, "baseline": b.mean, "baseline_std": b.std,
-                          "inmerge": m.mean, "inmerge_std": m.std, "diff": d.mean, "ci_low": d.low,
-                          "ci_high": d.high, "p_value": d.p_value, "significant": d.significant})
+            row = dict(zip(keys, group))
+            row.update({"metric": metric, "n": b.n, "baseline": b.mean, "baseline_std": b.std, "inmerge": m.mean,
+                        "inmerge_std": m.std, "diff": d.mean, "ci_low": d.low, "ci_high": d.high,
+                        "p_value": d.p_value, "significant": d.significant})
+            if all("merge_rate" in r for r in mine):
+                row["merge_rate"] = float(np.mean([r["merge_rate"] for r in mine]))
+            table.append(row)
     return pd.DataFrame(table)
 
 
-def verdict(table: pd.DataFrame, metric: str = "auc", by: str = "dataset") -> str:
+def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.DataFrame:
+    """Table 1 analogue: per-label test AUC (mean over seeds) of baseline and InMerge, one row per label
+    and a final ``average`` row, from multi-label records holding ``auc_per_label``."""
+    base = np.array([r["baseline"]["auc_per_label"] for r in records], dtype=float)
+    merged = np.array([r["inmerge"]["auc_per_label"] for r in records], dtype=float)
+    table = pd.DataFrame({"label": list(label_names), "baseline": np.nanmean(base, 0), "inmerge": np.nanmean(merged, 0)})
+    table.loc[len(table)] = ["average", table["baseline"].mean(), table["inmerge"].mean()]
+    table["diff"] = table["inmerge"] - table["baseline"]
+    return table
+
+
+def _group_name(row: pd.Series, keys: Sequence[str]) -> str:
+    return ", ".join(str(row[k]) if k == "dataset" else f"{k} {row[k]}" for k in keys)
+
+
+def verdict(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = "dataset") -> str:
     """One sentence per group of :func:`comparison` saying whether InMerge helped, from the CI."""
+    keys = (by,) if isinstance(by, str) else tuple(by)
     sentences = []
     for _, r in table[table["metric"] == metric].iterrows():
         ci = f"{r['diff']:+.3f} (95% CI [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], n={r['n']})"
@@ -313,8 +383,19 @@ def verdict(table: pd.DataFrame, metric: str = "auc", by: str = "dataset") -> st
             outcome = f"{'raises' if r['diff'] > 0 else 'lowers'} test {metric.upper()} by {ci}"
         else:
             outcome = f"makes no significant difference to test {metric.upper()}: {ci}"
-        sentences.append(f"On {r[by]}, InMerge {outcome}.")
+        sentences.append(f"On {_group_name(r, keys)}, InMerge {outcome}.")
     return " ".join(sentences)
+
+
+def tally(table: pd.DataFrame, metric: str = "auc") -> str:
+    """How many settings of :func:`comparison` raise or lower ``metric`` significantly (95% CI)."""
+    rows = table[table["metric"] == metric]
+    up = int((rows["significant"] & (rows["diff"] > 0)).sum())
+    down = int((rows["significant"] & (rows["diff"] < 0)).sum())
+    best = rows.loc[rows["diff"].idxmax()]
+    return (f"Of {len(rows)} settings, {up} raise test {metric.upper()} significantly over the baseline and "
+            f"{down} lower it; the largest mean change is {best['diff']:+.3f} "
+            f"(seeds per setting: {rows['n'].min()}).")
 
 
 def merge_rates(history: Sequence[dict]) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -40,6 +41,15 @@ def off_diagonal(sim: torch.Tensor) -> torch.Tensor:
 def layer_similarities(layers: Sequence[tuple[str, nn.Conv2d]]) -> dict[str, np.ndarray]:
     """Layer name -> the cosine similarities of all distinct kernel pairs of that layer."""
     return {name: off_diagonal(pairwise_cosine(conv.weight)).cpu().numpy() for name, conv in layers}
+
+
+def similarity_summary(sims: dict[str, dict[str, np.ndarray]], tau: float) -> pd.DataFrame:
+    """Per model label and layer: mean and 95th percentile of the pairwise similarities and the
+    fraction of pairs above ``tau``, from ``label -> layer -> similarities``."""
+    rows = [{"model": label, "layer": layer, "mean": float(values.mean()),
+             "p95": float(np.percentile(values, 95)), "above_tau": float((values > tau).mean())}
+            for label, layers in sims.items() for layer, values in layers.items()]
+    return pd.DataFrame(rows)
 
 
 def fraction_above(sim: torch.Tensor, tau: float) -> float:

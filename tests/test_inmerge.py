@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from medsoup.data import from_arrays, synthetic_arrays
 from medsoup.inmerge import (INMERGE, InMerge, comparison, forward_conv_layers, merge_kernels, merge_layers,
-                             mergeable_convs, protocol, verdict)
+                             mergeable_convs, protocol, sweep, verdict)
 from medsoup.kernels import fraction_above, pairwise_cosine
 from medsoup.models import create_model
 from medsoup.profiles import settings
 from medsoup.train import Callback, TrainConfig, evaluate, fit
+from tests.conftest import StopAfter, real_file, tiny
 
 
 def gen(seed=0):
@@ -21,7 +21,7 @@ def gen(seed=0):
 
 
 def tiny_data():
-    return from_arrays("breastmnist", 28, synthetic_arrays("breastmnist", 28, {"train": 64, "val": 32, "test": 32}))
+    return tiny("breastmnist", n=64)
 
 
 def conv_weights(model):
@@ -84,6 +84,13 @@ def test_same_generator_seed_gives_same_merge():
     weight = torch.randn(20, 3, 3, 3)
     a, b = merge_kernels(weight, 0.8, 0.5, -0.2, gen(3)), merge_kernels(weight, 0.8, 0.5, -0.2, gen(3))
     assert torch.equal(a[0], b[0]) and int(a[1]) == int(b[1])
+
+
+def test_merge_layers_in_place_matches_the_pure_function():
+    conv = nn.Conv2d(3, 24, 3).to(memory_format=torch.channels_last)
+    expected, n = merge_kernels(conv.weight, 0.7, 0.6, -0.3, gen(9))
+    counts = merge_layers([("c", conv)], 0, 0.7, 0.6, -0.3, gen(9))
+    assert torch.equal(conv.weight, expected) and int(counts["c"]) == int(n) > 0
 
 
 @pytest.mark.parametrize("kwargs, name", [(dict(alpha=1.5), "alpha"), (dict(p=-0.1), "p"), (dict(tau=2.0), "tau")])
@@ -200,12 +207,6 @@ def test_first_layer_beyond_the_model_is_an_error():
             progress=False)
 
 
-class Interrupt(Callback):
-    def on_epoch_end(self, model, epoch, record):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     config = TrainConfig(epochs=3, batch_size=32, augment="minimal", seed=0, device="cpu", restore_best=False)
     data = tiny_data()
@@ -218,7 +219,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     torch.manual_seed(0)
     broken = create_model("smallcnn", 2)
     with pytest.raises(KeyboardInterrupt):
-        fit(broken, data, config, [InMerge(**params), Interrupt()], checkpoint=tmp_path / "b", progress=False)
+        fit(broken, data, config, [InMerge(**params), StopAfter(2)], checkpoint=tmp_path / "b", progress=False)
     torch.manual_seed(0)
     resumed = create_model("smallcnn", 2)
     result = fit(resumed, data, config, [InMerge(**params)], checkpoint=tmp_path / "b", progress=False)
@@ -246,3 +247,20 @@ def test_comparison_and_verdict_follow_the_paired_difference():
     row = table.iloc[0]
     assert row["n"] == 5 and row["diff"] == pytest.approx(0.0204) and row["significant"]
     assert verdict(table).startswith("On d, InMerge raises test AUC by +0.020")
+
+
+def test_sweep_shares_the_baseline_and_logs_merge_rates():
+    if real_file("breastmnist") is None:
+        pytest.skip("breastmnist.npz is not available")
+    s = settings(INMERGE, "smoke", seeds=(0,))
+    s["train_subset"], s["tau"] = 64, -1.0
+    records = sweep(s, {"p=0.3": {}, "p=1": {"p": 1.0}}, ["breastmnist"], [0], progress=False)
+    assert [r["setting"] for r in records] == ["p=0.3", "p=1"]
+    assert records[0]["runs"]["baseline"].key == records[1]["runs"]["baseline"].key
+    assert records[0]["baseline"] == records[1]["baseline"]
+    assert records[1]["merge_rate"] == pytest.approx(1.0)
+    assert 0.1 < records[0]["merge_rate"] < 0.6
+    merged = records[1]["runs"]["inmerge"].history[0]["inmerge_merged"]
+    assert list(merged) == ["features.14", "features.17"]
+    table = comparison(records, by=("dataset", "setting"))
+    assert list(table["setting"]) == ["p=0.3", "p=0.3", "p=1", "p=1"] and (table["n"] == 1).all()
