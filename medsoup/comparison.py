@@ -112,7 +112,7 @@ def paired_rows(rows: pd.DataFrame, metric: str, pairs=PAIRS) -> pd.DataFrame:
                 continue
             d = paired_difference(b.loc[seeds].to_numpy(), a.loc[seeds].to_numpy())
             if d.n < 2:
-                verdict = "one seed: not tested"
+                verdict = "not tested"
             elif d.significant:
                 verdict = "helps" if d.mean > 0 else "hurts"
             else:

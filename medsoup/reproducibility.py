@@ -1,0 +1,83 @@
+"""What the reproducibility page shows: versions (installed and pinned), every chapter's profile
+table, and the recorded wall times and machine of a profile's run."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from medsoup.provenance import package_versions
+
+#: Chapter -> its settings table ``{profile: {setting: value}}`` as "module:attribute".
+PROFILE_TABLES = {"Baseline (quickstart)": "medsoup.profiles:BASELINE", "InMerge": "medsoup.inmerge:INMERGE",
+                  "FissionFusion": "medsoup.fgg:FISSIONFUSION", "MedMerge": "medsoup.medmerge_runs:MEDMERGE"}
+#: The book's toolchain, beside the libraries of :data:`medsoup.provenance.PACKAGES`.
+TOOLCHAIN = ("jupyter-book", "myst-nb", "papermill", "matplotlib", "pandas", "dask", "selenium")
+
+
+def pinned_versions(constraints: str | Path) -> dict[str, str]:
+    """``name -> version`` of the ``name==version`` (or ``===``) lines of a constraints file."""
+    pins = {}
+    for line in Path(constraints).read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)={2,3}([^\s;#]+)", line)
+        if match:
+            pins[match[1].lower().replace("_", "-")] = match[2]
+    return pins
+
+
+def versions_table(constraints: str | Path) -> pd.DataFrame:
+    """Installed and pinned version of Python, the libraries and the book's toolchain."""
+    installed = package_versions()
+    for name in TOOLCHAIN:
+        try:
+            installed[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed[name] = "not installed"
+    pins = pinned_versions(constraints)
+    return pd.DataFrame([{"package": name, "installed": version,
+                          "pinned in constraints.txt": pins.get(name.lower(), "(interpreter)" if name == "python" else "-")}
+                         for name, version in installed.items()]).set_index("package")
+
+
+def _short(value) -> str:
+    if isinstance(value, dict):
+        return "per target" if all(isinstance(v, (tuple, list)) for v in value.values()) else "{...}"
+    if isinstance(value, (tuple, list)):
+        text = ", ".join(_short(v) for v in value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return str(value)
+
+
+def profile_table(name: str) -> pd.DataFrame:
+    """One chapter's settings: one row per setting, one column per profile (values abbreviated)."""
+    module, attribute = PROFILE_TABLES[name].split(":")
+    table = getattr(importlib.import_module(module), attribute)
+    settings = list(dict.fromkeys(k for profile in table.values() for k in profile))
+    return pd.DataFrame({profile: [_short(values.get(k, "")) for k in settings] for profile, values in table.items()},
+                        index=pd.Index(settings, name="setting"))
+
+
+def timings(profile: str, root: str | Path = "results") -> pd.DataFrame:
+    """The execution wall time of each notebook recorded by ``medsoup.book`` for ``profile``
+    (empty when none was recorded)."""
+    path = Path(root) / "timings" / f"{profile}.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    return pd.DataFrame([{"notebook": name, "minutes": entry["seconds"] / 60, "finished": entry["finished"],
+                          "cpu cores": entry["machine"].get("cpu_count"), "torch threads": entry["machine"].get("torch_threads"),
+                          "GPU": entry["machine"].get("gpu", "none")} for name, entry in record.items()],
+                        columns=["notebook", "minutes", "finished", "cpu cores", "torch threads", "GPU"])
+
+
+def reference_machine(profile: str, root: str | Path = "results") -> dict | None:
+    """The machine of the most recent notebook execution recorded for ``profile``, if any."""
+    path = Path(root) / "timings" / f"{profile}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return max(record.values(), key=lambda e: e["finished"])["machine"] if record else None
+
