@@ -1,0 +1,28 @@
+"""The reproducibility page's tables: pins, profile tables, recorded wall times."""
+
+from __future__ import annotations
+
+from medsoup import reproducibility as rep
+from medsoup.book import record_timing
+
+
+def test_pinned_versions_reads_both_equality_forms(tmp_path):
+    path = tmp_path / "constraints.txt"
+    path.write_text("# header\ntorch===2.13.0\nscikit_learn==1.9.1\nPySocks==1.7.1  # comment\nfoo>=1\n")
+    assert rep.pinned_versions(path) == {"torch": "2.13.0", "scikit-learn": "1.9.1", "pysocks": "1.7.1"}
+
+
+def test_profile_tables_have_one_column_per_profile():
+    for name in rep.PROFILE_TABLES:
+        table = rep.profile_table(name)
+        assert list(table.columns) == ["smoke", "cpu", "paper"] and len(table) > 3
+
+
+def test_timings_come_from_what_the_book_runner_recorded(tmp_path):
+    assert rep.timings("cpu", tmp_path / "results").empty and rep.reference_machine("cpu", tmp_path / "results") is None
+    record_timing(tmp_path, "cpu", "00_quickstart", 90.0)
+    record_timing(tmp_path, "cpu", "20_fissionfusion", 30.0)
+    times = rep.timings("cpu", tmp_path / "results")
+    assert times["notebook"].tolist() == ["00_quickstart", "20_fissionfusion"]
+    assert times["minutes"].tolist() == [1.5, 0.5]
+    assert rep.reference_machine("cpu", tmp_path / "results")["cpu_count"] >= 1
