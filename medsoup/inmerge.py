@@ -398,6 +398,15 @@ def tally(table: pd.DataFrame, metric: str = "auc") -> str:
             f"(seeds per setting: {rows['n'].min()}).")
 
 
+def merge_rate_sentence(rate: float) -> str:
+    """What a mean merge rate (merged kernels / kernel draws) means for the comparison."""
+    if rate == 0:
+        return ("No kernel was merged in any step (no selected pair passed the threshold), so the InMerge "
+                "runs are the baseline runs: any difference above is zero.")
+    return (f"On average {100 * rate:.2f}% of the kernel draws in the merged layers ended in a merge "
+            f"(at most p of them can).")
+
+
 def merge_rates(history: Sequence[dict]) -> np.ndarray:
     """``inmerge_rate`` per epoch of an InMerge run's history."""
     return np.array([h["inmerge_rate"] for h in history])
