@@ -20,7 +20,7 @@ def weight_heatmap(rows: Mapping[str, Mapping[str, torch.Tensor]], title: str = 
     labels = list(rows)
     layers = list(next(iter(rows.values())))
     means = np.array([[float(np.nanmean(rows[r][layer].float().numpy())) for layer in layers] for r in labels])
-    fig, ax = figure(width=max(4.5, 0.75 * len(layers) + 2.5), height=max(1.8, 0.55 * len(labels) + 1.3))
+    fig, ax = figure(width=max(4.5, 0.75 * len(layers) + 2.5), height=max(2.4, 0.6 * len(labels) + 1.6))
     sns.heatmap(means, ax=ax, vmin=0, vmax=1, center=0.5, cmap="coolwarm", annot=True, fmt=".2f",
                 xticklabels=[f"{i + 1}" for i in range(len(layers))], yticklabels=labels,
                 cbar_kws={"label": f"mean w  (1: {b_label}, 0: {c_label})"})
