@@ -50,6 +50,7 @@ def confusion_matrix(matrix: np.ndarray, labels: Sequence[str], title: str = "",
     sns.heatmap(shown, annot=True, fmt=".2f" if normalise else ".0f", cmap="Blues", ax=ax,
                 xticklabels=short, yticklabels=short, cbar=False, vmin=0)
     ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.grid(False)
     return fig
 
 
