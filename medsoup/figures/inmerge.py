@@ -57,11 +57,13 @@ def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: 
     return fig
 
 
-def comparison_bars(table: pd.DataFrame, metric: str = "auc", by: str = "dataset"):
+def comparison_bars(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = "dataset"):
     """Baseline and InMerge means with standard deviations per group of
-    :func:`medsoup.inmerge.comparison`, the paired difference written above each group."""
+    :func:`medsoup.inmerge.comparison` (labelled by the ``by`` columns), the paired difference
+    written above each group."""
     rows = table[table["metric"] == metric].reset_index(drop=True)
-    fig, ax = figure(width=max(4.2, 1.6 * len(rows)))
+    keys = (by,) if isinstance(by, str) else tuple(by)
+    fig, ax = figure(width=max(4.2, 1.3 * len(rows)))
     x = np.arange(len(rows))
     colours = sns.color_palette("deep", 2)
     for offset, arm, colour in ((-0.2, "baseline", colours[0]), (0.2, "inmerge", colours[1])):
@@ -72,7 +74,7 @@ def comparison_bars(table: pd.DataFrame, metric: str = "auc", by: str = "dataset
         ax.annotate(f"{r['diff']:+.3f}", (k, top), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
     low = np.nanmin(rows[["baseline", "inmerge"]].to_numpy() - rows[["baseline_std", "inmerge_std"]].fillna(0).to_numpy())
     ax.set_ylim(max(0.0, low - 0.05), None)
-    ax.set_xticks(x, [str(v) for v in rows[by]])
+    ax.set_xticks(x, ["\n".join(str(r[k]) for k in keys) for _, r in rows.iterrows()])
     ax.set(ylabel=f"test {metric.upper()}", title=f"n = {rows['n'].max()} seeds")
     ax.legend(loc="lower right", fontsize=8)
     return fig
