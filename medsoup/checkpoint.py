@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 
 class CheckpointError(RuntimeError):
@@ -35,44 +35,38 @@ def exists(stem: str | os.PathLike) -> bool:
     return weights.exists() and meta.exists()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+def _write_all(fd: int, payload: bytes) -> None:
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old or the new file, never a part."""
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that a reader sees the old or the new file, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_all(fd, payload)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(Path(path), text.encode())
+
+
 def save_checkpoint(stem: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                     metadata: Mapping[str, Any] | None = None) -> Path:
     """Atomically write ``tensors`` (a flat name -> tensor map) and JSON ``metadata``."""
     weights, meta = _paths(stem)
-    weights.parent.mkdir(parents=True, exist_ok=True)
     flat = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{weights.name}.", dir=weights.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp)
-        digest = _sha256(Path(tmp))
-        os.replace(tmp, weights)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    payload = save(flat)
+    atomic_write_bytes(weights, payload)
+    digest = hashlib.sha256(payload).hexdigest()
     record = {"metadata": dict(metadata or {}), "sha256": digest}
     atomic_write_text(meta, json.dumps(record, indent=1, sort_keys=True, default=str))
     return weights
@@ -86,10 +80,11 @@ def load_checkpoint(stem: str | os.PathLike, device: str | torch.device = "cpu"
         if not path.exists():
             raise CheckpointError(f"checkpoint file {path} does not exist")
     record = json.loads(meta.read_text())
-    if record.get("sha256") != _sha256(weights):
+    payload = weights.read_bytes()
+    if record.get("sha256") != hashlib.sha256(payload).hexdigest():
         raise CheckpointError(f"{weights} does not match the SHA-256 recorded in {meta}: the pair is "
                               "torn (interrupted write) or one file was replaced")
-    return load_file(str(weights), device=str(device)), record["metadata"]
+    return {k: v.to(device) for k, v in load(payload).items()}, record["metadata"]
 
 
 def load_metadata(stem: str | os.PathLike) -> dict[str, Any]:

@@ -142,9 +142,10 @@ class RunResult:
 
     def load_model(self) -> nn.Module:
         """The stored final model, rebuilt from its recorded architecture (on the CPU)."""
-        arch = ckpt.load_metadata(self.model_stem)["architecture"]
+        state, metadata = ckpt.load_checkpoint(self.model_stem)
+        arch = metadata["architecture"]
         model = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
-        ckpt.load_state_into(model, self.load_state())
+        ckpt.load_state_into(model, state)
         return model
 
     def load_artifact(self, name: str) -> dict[str, torch.Tensor]:

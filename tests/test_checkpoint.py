@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -36,12 +37,12 @@ def test_failure_mid_write_leaves_previous_checkpoint_intact(tmp_path, monkeypat
     ckpt.save_checkpoint(tmp_path / "model", _tensors(1.0), {"version": 1})
     before = sorted(p.name for p in tmp_path.iterdir())
 
-    def partial_then_fail(tensors, filename, *args, **kwargs):
-        with open(filename, "wb") as handle:
-            handle.write(b"\x10\x00\x00\x00partial")
+    def partial_then_fail(fd, payload):
+        os.write(fd, b"\x10\x00\x00\x00partial")
+        os.close(fd)
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_file", partial_then_fail)
+    monkeypatch.setattr(ckpt, "_write_all", partial_then_fail)
     with pytest.raises(OSError, match="disk full"):
         ckpt.save_checkpoint(tmp_path / "model", _tensors(2.0), {"version": 2})
     tensors, meta = ckpt.load_checkpoint(tmp_path / "model")
