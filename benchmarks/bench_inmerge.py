@@ -22,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from medsoup.inmerge import INMERGE, forward_conv_layers, merge_layers
+from medsoup.inmerge import forward_conv_layers, merge_layers
+from medsoup.inmerge_runs import INMERGE
 from medsoup.models import create_model
 from medsoup.provenance import code_version
 

@@ -28,6 +28,7 @@ Only the standard library is imported at module level, so ``build`` starts fast;
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import logging
@@ -108,10 +109,16 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Pa
     from medsoup.provenance import code_version, machine
 
     path = root / "results" / TIMINGS_DIR / f"{profile}.json"
-    record = json.loads(path.read_text()) if path.is_file() else {}
-    record[notebook] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "code_version": code_version(), "machine": machine()}
-    atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:  # executions running side by side each add their entry: lock the read-modify-write
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record[notebook] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "code_version": code_version(), "machine": machine()}
+        atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1))
+    finally:
+        os.close(folder)  # closing releases the lock
     return path
 
 

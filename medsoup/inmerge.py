@@ -26,24 +26,18 @@ Choices the paper leaves open, and what its public code got wrong (REFERENCE.md 
 * One vectorised pass per layer, no ``.item()``: merge counts stay tensors until the epoch ends.
 * ``dissimilar=True`` merges pairs with ``sim < tau`` instead: the paper's "Dissimilar" ablation.
 
-The chapter's profile table :data:`INMERGE` and the protocol helpers are at the end: a backbone
-run, then from it an InMerge fine-tuning run and a baseline run that continues training for the
-same number of epochs without merging (same seed, so the same batches).
+The chapter's settings, protocol and result tables are in :mod:`medsoup.inmerge_runs`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from medsoup.models import conv_layers
-from medsoup.profiles import CPU_DATASETS
-from medsoup.stats import paired_difference, summarise
-from medsoup.train import Callback, TrainConfig
+from medsoup.train import Callback
 
 Layers = Sequence[tuple[str, nn.Conv2d]]
 #: Module-name prefixes of convolutions that are fully connected classifier layers (timm VGG).
@@ -236,179 +230,3 @@ class InMerge(Callback):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "generator" in state:
             self.generator.set_state(state["generator"])
-
-
-# --- The chapter: profiles, protocol and result tables -------------------------------------------
-
-_SMOKE = dict(datasets=("breastmnist",), model="smallcnn", size=28, init=None, train_subset=192, seeds=(0, 1),
-              backbone_epochs=2, merge_epochs=1, batch_size=64, optimizer="adamw", lr=1e-3, finetune_lr=1e-4,
-              weight_decay=1e-4, augment="medium", alpha=0.8, first_layer=4, p=0.3, tau=0.3,
-              ablation_datasets=("breastmnist",), ablation_seeds=(0, 1), alphas=(0.5, 0.8), ps=(0.3, 1.0),
-              first_layers=(0, 4, 5), taus=(0.0, 0.3), dissimilar_tau=0.5, extra_taus=(0.0,),
-              architectures=(("smallcnn", 4),), architecture_dataset="breastmnist", chest=False,
-              chest_epochs=(2, 1))
-
-#: Settings per profile. ``first_layer`` is L_s for ``model``; ``architectures`` pairs each
-#: architecture of the architecture ablation with its L_s; ``extra_taus`` are thresholds run beside
-#: the paper's tau in the main table (a small CNN trained from scratch has almost no kernel pairs
-#: above 0.3 in its deep layers, so tau 0.3 merges nothing there); ``chest`` adds the Table 1 analogue
-#: (ChestMNIST per-disease AUC, ``chest_epochs`` = backbone and merging epochs), on ``paper`` only
-#: because ChestMNIST is not available offline.
-INMERGE: dict[str, dict[str, Any]] = {
-    "smoke": _SMOKE,
-    "cpu": {**_SMOKE, "datasets": CPU_DATASETS, "train_subset": None, "seeds": (0, 1, 2, 3, 4),
-            "backbone_epochs": 20, "merge_epochs": 5, "batch_size": 128,
-            "ablation_datasets": ("breastmnist", "retinamnist"), "ablation_seeds": (0, 1, 2),
-            "alphas": (0.5, 0.8, 0.95), "ps": (0.1, 0.3, 1.0), "first_layers": (0, 1, 2, 3, 4, 5),
-            "taus": (-1.0, 0.0, 0.1, 0.3, 0.5),
-            "architectures": (("smallcnn", 4), ("resnet18", 15))},
-    "paper": {**_SMOKE, "datasets": ("pathmnist", "dermamnist", "bloodmnist"), "model": "vgg19", "size": 64,
-              "init": "imagenet", "train_subset": None, "seeds": (0, 1, 2, 3, 4), "backbone_epochs": 20,
-              "merge_epochs": 5, "batch_size": 1024, "optimizer": "sgd", "lr": 1e-2, "finetune_lr": 1e-3,
-              "first_layer": 10, "ablation_datasets": ("chestmnist",), "ablation_seeds": (0, 1, 2),
-              "alphas": (0.5, 0.6, 0.7, 0.8, 0.9), "ps": (0.1, 0.3, 0.5, 0.7), "first_layers": (0, 5, 10, 15),
-              "taus": (0.1, 0.3, 0.5, 0.7), "architectures": (("vgg19", 10), ("vgg16", 10), ("resnet34", 30)),
-              "architecture_dataset": "chestmnist", "extra_taus": (), "chest": True, "chest_epochs": (30, 10)},
-}
-
-
-def inmerge_params(s: dict, seed: int, **overrides) -> dict[str, Any]:
-    """The ``InMerge`` keyword parameters of settings ``s`` (L_s, alpha, p, tau), seeded by the run's seed."""
-    params = dict(alpha=s["alpha"], first_layer=s["first_layer"], p=s["p"], tau=s["tau"], seed=seed)
-    params.update(overrides)
-    check_params(params["alpha"], params["p"], params["tau"], params["first_layer"])
-    return params
-
-
-def backbone_run(s: dict, dataset: str, seed: int, model: str | None = None):
-    """The backbone :class:`~medsoup.runs.RunConfig`: ``backbone_epochs`` of multi-step training."""
-    from medsoup.runs import RunConfig
-
-    train = TrainConfig(epochs=s["backbone_epochs"], batch_size=s["batch_size"], optimizer=s["optimizer"],
-                        lr=s["lr"], weight_decay=s["weight_decay"], augment=s["augment"], schedule="multistep",
-                        milestones=(0.5, 0.75), select_metric="auc", seed=seed)
-    return RunConfig(dataset=dataset, size=s["size"], model=model or s["model"], init=s["init"],
-                     train=train, train_subset=s["train_subset"])
-
-
-def finetune_run(s: dict, dataset: str, seed: int, model: str | None = None, merge: dict | None = None):
-    """``merge_epochs`` more from the backbone at the constant ``finetune_lr``: with InMerge when
-    ``merge`` holds its parameters, the baseline when it is None. Both arms see the same batches."""
-    backbone = backbone_run(s, dataset, seed, model)
-    train = backbone.train.replace(epochs=s["merge_epochs"], lr=s["finetune_lr"], schedule="constant")
-    callbacks = (("inmerge", merge),) if merge is not None else ()
-    return backbone.replace(init=backbone, train=train, callbacks=callbacks)
-
-
-def protocol(s: dict, dataset: str, seed: int, model: str | None = None, **merge_overrides) -> dict[str, Any]:
-    """``{"backbone", "baseline", "inmerge"}`` RunConfigs of one dataset and seed."""
-    return {"backbone": backbone_run(s, dataset, seed, model),
-            "baseline": finetune_run(s, dataset, seed, model),
-            "inmerge": finetune_run(s, dataset, seed, model, inmerge_params(s, seed, **merge_overrides))}
-
-
-def sweep(s: dict, variants: Mapping[str, dict], datasets: Sequence[str], seeds: Sequence[int],
-          model: str | None = None, executor=None, progress: bool = True) -> list[dict]:
-    """Run the protocol for every dataset, seed and InMerge variant; one record per combination.
-
-    ``variants``: label -> InMerge parameter overrides (e.g. ``{"p=1": {"p": 1.0}}``). Backbones
-    run first, then the fine-tuning runs (a baseline is shared by all variants of its seed). A
-    record holds ``dataset``, ``seed``, ``setting`` (the label), the overrides, the ``baseline`` and
-    ``inmerge`` test metrics, the mean ``merge_rate`` and the ``runs`` (RunResults).
-    """
-    from medsoup.runs import run_key, run_many
-
-    jobs = [(d, seed, label, protocol(s, d, seed, model, **params))
-            for d in datasets for seed in seeds for label, params in variants.items()]
-    for arms in (("backbone",), ("baseline", "inmerge")):
-        unique = {run_key(p[a]): p[a] for *_, p in jobs for a in arms}
-        done = dict(zip(unique, run_many(list(unique.values()), executor, progress=progress)))
-    records = []
-    for d, seed, label, p in jobs:
-        base, merged = done[run_key(p["baseline"])], done[run_key(p["inmerge"])]
-        records.append({"dataset": d, "model": model or s["model"], "seed": seed, "setting": label, **variants[label],
-                        "baseline": base.test, "inmerge": merged.test,
-                        "merge_rate": float(merge_rates(merged.history).mean()),
-                        "runs": {"baseline": base, "inmerge": merged}})
-    return records
-
-
-def comparison(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
-               by: str | Sequence[str] = "dataset") -> pd.DataFrame:
-    """Baseline vs InMerge per group: mean +- std over seeds and the paired difference with its 95% CI.
-
-    ``records`` (e.g. from :func:`sweep`) hold the ``by`` keys, ``seed``, and the ``baseline`` and
-    ``inmerge`` test metrics measured on the same seed; ``merge_rate`` is averaged when present.
-    """
-    keys = (by,) if isinstance(by, str) else tuple(by)
-    table = []
-    for group in dict.fromkeys(tuple(r[k] for k in keys) for r in records):
-        mine = sorted((r for r in records if tuple(r[k] for k in keys) == group), key=lambda r: r["seed"])
-        for metric in metrics:
-            base = [r["baseline"][metric] for r in mine]
-            merged = [r["inmerge"][metric] for r in mine]
-            b, m, d = summarise(base), summarise(merged), paired_difference(base, merged)
-            row = dict(zip(keys, group))
-            row.update({"metric": metric, "n": b.n, "baseline": b.mean, "baseline_std": b.std, "inmerge": m.mean,
-                        "inmerge_std": m.std, "diff": d.mean, "ci_low": d.low, "ci_high": d.high,
-                        "p_value": d.p_value, "significant": d.significant})
-            if all("merge_rate" in r for r in mine):
-                row["merge_rate"] = float(np.mean([r["merge_rate"] for r in mine]))
-            table.append(row)
-    return pd.DataFrame(table)
-
-
-def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.DataFrame:
-    """Table 1 analogue: per-label test AUC (mean over seeds) of baseline and InMerge, one row per label
-    and a final ``average`` row, from multi-label records holding ``auc_per_label``."""
-    base = np.array([r["baseline"]["auc_per_label"] for r in records], dtype=float)
-    merged = np.array([r["inmerge"]["auc_per_label"] for r in records], dtype=float)
-    table = pd.DataFrame({"label": list(label_names), "baseline": np.nanmean(base, 0), "inmerge": np.nanmean(merged, 0)})
-    table.loc[len(table)] = ["average", table["baseline"].mean(), table["inmerge"].mean()]
-    table["diff"] = table["inmerge"] - table["baseline"]
-    return table
-
-
-def _group_name(row: pd.Series, keys: Sequence[str]) -> str:
-    return ", ".join(str(row[k]) if k == "dataset" else f"{k} {row[k]}" for k in keys)
-
-
-def verdict(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = "dataset") -> str:
-    """One sentence per group of :func:`comparison` saying whether InMerge helped, from the CI."""
-    keys = (by,) if isinstance(by, str) else tuple(by)
-    sentences = []
-    for _, r in table[table["metric"] == metric].iterrows():
-        ci = f"{r['diff']:+.3f} (95% CI [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], n={r['n']})"
-        if r["n"] < 2:
-            outcome = f"changes test {metric.upper()} by {r['diff']:+.3f} on a single seed, too few to judge"
-        elif r["significant"]:
-            outcome = f"{'raises' if r['diff'] > 0 else 'lowers'} test {metric.upper()} by {ci}"
-        else:
-            outcome = f"makes no significant difference to test {metric.upper()}: {ci}"
-        sentences.append(f"On {_group_name(r, keys)}, InMerge {outcome}.")
-    return " ".join(sentences)
-
-
-def tally(table: pd.DataFrame, metric: str = "auc") -> str:
-    """How many settings of :func:`comparison` raise or lower ``metric`` significantly (95% CI)."""
-    rows = table[table["metric"] == metric]
-    up = int((rows["significant"] & (rows["diff"] > 0)).sum())
-    down = int((rows["significant"] & (rows["diff"] < 0)).sum())
-    best = rows.loc[rows["diff"].idxmax()]
-    return (f"Of {len(rows)} settings, {up} raise test {metric.upper()} significantly over the baseline and "
-            f"{down} lower it; the largest mean change is {best['diff']:+.3f} "
-            f"(seeds per setting: {rows['n'].min()}).")
-
-
-def merge_rate_sentence(rate: float) -> str:
-    """What a mean merge rate (merged kernels / kernel draws) means for the comparison."""
-    if rate == 0:
-        return ("No kernel was merged in any step (no selected pair passed the threshold), so the InMerge "
-                "runs are the baseline runs: any difference above is zero.")
-    return (f"On average {100 * rate:.2f}% of the kernel draws in the merged layers ended in a merge "
-            f"(at most p of them can).")
-
-
-def merge_rates(history: Sequence[dict]) -> np.ndarray:
-    """``inmerge_rate`` per epoch of an InMerge run's history."""
-    return np.array([h["inmerge_rate"] for h in history])

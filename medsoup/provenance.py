@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import os
 import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -16,16 +18,51 @@ import medsoup
 PACKAGES = ("torch", "torchvision", "timm", "medmnist", "numpy", "scikit-learn", "safetensors")
 
 
-@lru_cache(maxsize=None)
-def code_version() -> str:
-    """``<version>+<12 hex digits>``: the package version and a hash of every medsoup source file.
+def _module_path(root: Path, module: str) -> Path:
+    relative = Path(*module.split(".")[1:])
+    package = root / relative / "__init__.py"
+    return package if package.exists() else (root / relative).with_suffix(".py")
 
-    Any change to the library's code changes it, so cached runs are never reused across code
-    changes that could alter their numbers.
-    """
-    digest = hashlib.sha256()
+
+def _medsoup_imports(path: Path) -> set[str]:
+    """The ``medsoup.*`` modules one source file imports (read with :mod:`ast`, never executed)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("medsoup."))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "medsoup":
+            found.add(node.module)
+            # ``from medsoup import checkpoint`` imports a module, ``from medsoup.x import y`` a name
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def source_closure(modules: Iterable[str]) -> list[Path]:
+    """The medsoup source files of ``modules`` and of every medsoup module they import, transitively."""
     root = Path(medsoup.__file__).parent
-    for path in sorted(root.rglob("*.py")):
+    seen: set[Path] = set()
+    pending = [_module_path(root, m) for m in modules]
+    while pending:
+        path = pending.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        pending.extend(_module_path(root, m) for m in _medsoup_imports(path))
+    return sorted(seen)
+
+
+@lru_cache(maxsize=None)
+def code_version(modules: tuple[str, ...] | None = None) -> str:
+    """``<version>+<12 hex digits>``: the package version and a hash of medsoup source files.
+
+    With ``modules=None`` every source file is hashed (what a book execution records). With a tuple
+    of module names only their :func:`source_closure` is: the run cache keys a run on the modules
+    that can change its numbers, so editing a table or a figure does not retrain anything.
+    """
+    root = Path(medsoup.__file__).parent
+    paths = sorted(root.rglob("*.py")) if modules is None else source_closure(modules)
+    digest = hashlib.sha256()
+    for path in paths:
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return f"{medsoup.__version__}+{digest.hexdigest()[:12]}"

@@ -14,7 +14,7 @@ import pandas as pd
 from medsoup.provenance import package_versions
 
 #: Chapter -> its settings table ``{profile: {setting: value}}`` as "module:attribute".
-PROFILE_TABLES = {"Baseline (quickstart)": "medsoup.profiles:BASELINE", "InMerge": "medsoup.inmerge:INMERGE",
+PROFILE_TABLES = {"Baseline (quickstart)": "medsoup.profiles:BASELINE", "InMerge": "medsoup.inmerge_runs:INMERGE",
                   "FissionFusion": "medsoup.fgg:FISSIONFUSION", "MedMerge": "medsoup.medmerge_runs:MEDMERGE"}
 #: The book's toolchain, beside the libraries of :data:`medsoup.provenance.PACKAGES`.
 TOOLCHAIN = ("jupyter-book", "myst-nb", "papermill", "matplotlib", "pandas", "dask", "selenium")

@@ -2,7 +2,7 @@
 
 A :class:`RunConfig` names the dataset, model, initialisation, training config and any
 in-training callbacks. :func:`run` stores its result under ``<cache>/<key>/`` where the key
-hashes the config and :func:`~medsoup.provenance.code_version`:
+hashes the config and the code version of the modules that run it (:func:`run_modules`):
 
 * ``result.json``: config, history, best epoch, validation/test metrics, wall time, versions;
 * ``model.safetensors`` + ``model.json``: the final (best-epoch) weights and their architecture;
@@ -100,9 +100,22 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def run_modules(config: RunConfig) -> tuple[str, ...]:
+    """The medsoup modules whose sources can change the numbers of ``config``: the run layer, the
+    config's callbacks and builder, and those of the run it starts from (imports follow from these)."""
+    modules = {"medsoup.runs"} | {CALLBACKS[name].split(":")[0] for name, _ in config.callbacks}
+    if config.builder != "create":
+        modules.add(BUILDERS[config.builder].split(":")[0])
+    if isinstance(config.init, RunConfig):
+        modules.update(run_modules(config.init))
+    return tuple(sorted(modules))
+
+
 def run_key(config: RunConfig) -> str:
-    """16 hex digits of SHA-256 over the canonical JSON of the config and the code version."""
-    text = json.dumps({"config": config.to_dict(), "code": code_version()}, sort_keys=True, default=str)
+    """16 hex digits of SHA-256 over the canonical JSON of the config and the code version of its
+    :func:`run_modules`."""
+    text = json.dumps({"config": config.to_dict(), "code": code_version(run_modules(config))}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -199,7 +212,7 @@ def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: boo
     final, architecture = export_model(model, config, data)
     record = {"key": key, "config": config.to_dict(), "history": fitted.history, "best_epoch": fitted.best_epoch,
               "val": fitted.val, "test": fitted.test, "wall_time": fitted.wall_time,
-              "code_version": code_version(), "versions": package_versions(), "machine": machine()}
+              "code_version": code_version(run_modules(config)), "versions": package_versions(), "machine": machine()}
     ckpt.save_checkpoint(folder / "model", final.state_dict(),
                          {"architecture": architecture, "seed": config.train.seed,
                           **{k: record[k] for k in ("key", "config", "val", "test", "wall_time", "code_version", "versions")}})

@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from medsoup.inmerge import (INMERGE, InMerge, comparison, forward_conv_layers, merge_kernels, merge_layers,
-                             mergeable_convs, protocol, sweep, verdict)
+from medsoup.inmerge import InMerge, forward_conv_layers, merge_kernels, merge_layers, mergeable_convs
 from medsoup.kernels import fraction_above, pairwise_cosine
 from medsoup.models import create_model
 from medsoup.profiles import settings
@@ -226,41 +225,3 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert len(result.history) == 3
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
-
-
-# --- protocol and tables -----------------------------------------------------------------------
-
-def test_protocol_pairs_baseline_and_inmerge_on_one_backbone():
-    s = settings(INMERGE, "smoke")
-    runs = protocol(s, "breastmnist", 3, p=0.5)
-    assert runs["baseline"].init == runs["backbone"] == runs["inmerge"].init
-    assert runs["baseline"].callbacks == ()
-    assert runs["inmerge"].callbacks == (("inmerge", dict(alpha=0.8, first_layer=4, p=0.5, tau=0.3, seed=3)),)
-    assert runs["baseline"].train == runs["inmerge"].train
-    assert runs["baseline"].train.epochs == s["merge_epochs"] and runs["backbone"].train.epochs == s["backbone_epochs"]
-
-
-def test_comparison_and_verdict_follow_the_paired_difference():
-    rows = [{"dataset": "d", "seed": s, "baseline": {"auc": 0.80 + 0.01 * s}, "inmerge": {"auc": 0.82 + 0.01 * s + 0.001 * (s % 2)}}
-            for s in range(5)]
-    table = comparison(rows, metrics=("auc",))
-    row = table.iloc[0]
-    assert row["n"] == 5 and row["diff"] == pytest.approx(0.0204) and row["significant"]
-    assert verdict(table).startswith("On d, InMerge raises test AUC by +0.020")
-
-
-def test_sweep_shares_the_baseline_and_logs_merge_rates():
-    if real_file("breastmnist") is None:
-        pytest.skip("breastmnist.npz is not available")
-    s = settings(INMERGE, "smoke", seeds=(0,))
-    s["train_subset"], s["tau"] = 64, -1.0
-    records = sweep(s, {"p=0.3": {}, "p=1": {"p": 1.0}}, ["breastmnist"], [0], progress=False)
-    assert [r["setting"] for r in records] == ["p=0.3", "p=1"]
-    assert records[0]["runs"]["baseline"].key == records[1]["runs"]["baseline"].key
-    assert records[0]["baseline"] == records[1]["baseline"]
-    assert records[1]["merge_rate"] == pytest.approx(1.0)
-    assert 0.1 < records[0]["merge_rate"] < 0.6
-    merged = records[1]["runs"]["inmerge"].history[0]["inmerge_merged"]
-    assert list(merged) == ["features.14", "features.17"]
-    table = comparison(records, by=("dataset", "setting"))
-    assert list(table["setting"]) == ["p=0.3", "p=0.3", "p=1", "p=1"] and (table["n"] == 1).all()

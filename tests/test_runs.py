@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,8 +73,38 @@ def test_key_depends_on_config_and_code_version(monkeypatch):
     assert runs.run_key(CONFIG) != runs.run_key(CONFIG.with_train(seed=1))
     assert runs.run_key(CONFIG) != runs.run_key(CONFIG.replace(train_subset=33))
     before = runs.run_key(CONFIG)
-    monkeypatch.setattr(runs, "code_version", lambda: "0.0.0+changed")
+    monkeypatch.setattr(runs, "code_version", lambda modules=None: "0.0.0+changed")
     assert runs.run_key(CONFIG) != before
+
+
+def test_key_hashes_the_sources_that_run_the_config_only():
+    plain = provenance.source_closure(runs.run_modules(CONFIG))
+    names = {p.name for p in plain}
+    assert {"runs.py", "train.py", "data.py", "models.py", "checkpoint.py", "augment.py"} <= names
+    assert not names & {"stats.py", "comparison.py", "book.py", "inmerge.py", "inmerge_runs.py", "fissionfusion.py"}
+    merged = CONFIG.replace(init=CONFIG, callbacks=(("inmerge", {"p": 0.3}),))
+    assert runs.run_modules(merged) == ("medsoup.inmerge", "medsoup.runs")
+    assert "inmerge.py" in {p.name for p in provenance.source_closure(runs.run_modules(merged))}
+    assert runs.run_modules(CONFIG.replace(init=merged)) == ("medsoup.inmerge", "medsoup.runs")
+
+
+def test_code_version_follows_an_edit_of_a_hashed_source(monkeypatch, tmp_path):
+    copy = tmp_path / "medsoup"
+    shutil.copytree(Path(provenance.__file__).parent, copy)
+    monkeypatch.setattr(provenance.medsoup, "__file__", str(copy / "__init__.py"))
+    provenance.code_version.cache_clear()
+    try:
+        before = provenance.code_version(("medsoup.runs",)), provenance.code_version()
+        (copy / "stats.py").write_text((copy / "stats.py").read_text() + "\n# edited\n")
+        provenance.code_version.cache_clear()
+        after_stats = provenance.code_version(("medsoup.runs",)), provenance.code_version()
+        (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# edited\n")
+        provenance.code_version.cache_clear()
+        after_train = provenance.code_version(("medsoup.runs",))
+    finally:
+        provenance.code_version.cache_clear()
+    assert after_stats[0] == before[0] and after_stats[1] != before[1]
+    assert after_train != before[0]
 
 
 def test_cache_folder_parameter_then_env_then_default(monkeypatch, tmp_path, run_cache):
@@ -98,7 +130,7 @@ def test_run_stores_result_and_reuses_it(monkeypatch, run_cache):
     assert {"result.json", "config.json", "model.safetensors", "model.json"} <= names
     assert not any(name.startswith("resume") for name in names)
     assert len(first.history) == 3 and 1 <= first.best_epoch <= 3
-    assert json.loads((first.path / "result.json").read_text())["code_version"] == provenance.code_version()
+    assert json.loads((first.path / "result.json").read_text())["code_version"] == provenance.code_version(("medsoup.runs",))
     monkeypatch.setattr(runs, "fit", lambda *a, **k: pytest.fail("a cached run must not train again"))
     again = runs.run(CONFIG, progress=False)
     assert again.key == first.key and _same(first, again)
