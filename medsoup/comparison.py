@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from medsoup.stats import paired_difference, summarise
+from medsoup.stats import PairedDifference, paired_difference, summarise
 
 #: Chapter name -> the notebook stem whose results file it reads.
 CHAPTERS = {"InMerge": "10_inmerge", "FissionFusion": "20_fissionfusion", "MedMerge": "30_medmerge"}
@@ -100,7 +100,7 @@ def summary_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def paired_rows(rows: pd.DataFrame, metric: str, pairs=PAIRS) -> pd.DataFrame:
     """Per dataset, each method minus its baseline over the seeds both ran (positive: the method
-    is better), with the 95% CI and a one-word verdict."""
+    is better), as :meth:`~medsoup.stats.PairedDifference.columns` (``outcome``: better, worse, ...)."""
     out = []
     for chapter, method, baseline in pairs:
         for dataset in sorted(rows["dataset"].unique()):
@@ -111,15 +111,8 @@ def paired_rows(rows: pd.DataFrame, metric: str, pairs=PAIRS) -> pd.DataFrame:
             if not seeds:
                 continue
             d = paired_difference(b.loc[seeds].to_numpy(), a.loc[seeds].to_numpy())
-            if d.n < 2:
-                verdict = "not tested"
-            elif d.significant:
-                verdict = "helps" if d.mean > 0 else "hurts"
-            else:
-                verdict = "no significant difference"
             out.append({"chapter": chapter, "method": method, "baseline": baseline, "dataset": dataset,
-                        "metric": metric, "difference": d.mean, "ci_low": d.low, "ci_high": d.high,
-                        "n": d.n, "verdict": verdict})
+                        "metric": metric, **d.columns()})
     return pd.DataFrame(out)
 
 
@@ -127,12 +120,8 @@ def verdict_sentence(paired: pd.DataFrame) -> str:
     """One sentence per comparison, built from :func:`paired_rows` (true for any outcome)."""
     if paired.empty:
         return "No method could be compared with its baseline: the chapters' results are missing."
-    sentences = []
-    for r in paired.itertuples():
-        ci = "one seed, no CI" if r.n < 2 else f"95% CI [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
-        sentences.append(f"On {r.dataset}, {r.method} minus {r.baseline} is {r.difference:+.3f} test "
-                         f"{r.metric.upper()} ({ci}, n={r.n}): {r.verdict}.")
-    return " ".join(sentences)
+    return " ".join(f"On {r.dataset}, {PairedDifference.from_columns(r).describe(r.method, r.baseline, f'test {r.metric.upper()}')}."
+                    for r in paired.itertuples())
 
 
 def cost_table(results: dict[str, dict | None]) -> pd.DataFrame:

@@ -187,15 +187,14 @@ def values(rows: list[dict], dataset: str, method: str, metric: str, recalibrate
 
 def summary_table(rows: list[dict], datasets, methods, metric_of: dict[str, str], recalibrate: bool = False,
                   split: str = "test") -> dict[str, dict[str, str]]:
-    """``{method: {dataset: "mean ± std"}}`` of each dataset's metric over seeds."""
+    """``{method: {dataset: "mean ± std (n)"}}`` of each dataset's metric over seeds."""
     table = {}
     for method in methods:
         table[method] = {}
         for dataset in datasets:
             found = values(rows, dataset, method, metric_of[dataset], recalibrate, split)
             if found:
-                summary = summarise(found)
-                table[method][dataset] = f"{summary.mean:.3f} ± {summary.std:.3f}" if summary.n > 1 else f"{summary.mean:.3f}"
+                table[method][dataset] = str(summarise(found))
     return table
 
 
@@ -207,7 +206,4 @@ def verdict(rows: list[dict], dataset: str, a: str, b: str, metric: str, recalib
     label_b = b + (" with BN recomputed" if recalibrate_b and not recalibrate else "")
     d = paired_difference(values(rows, dataset, a, metric, recalibrate, split),
                           values(rows, dataset, b, metric, recalibrate_b, split))
-    if d.n < 2:
-        return f"on {dataset}, {label_b} minus {a} is {d.mean:+.3f} {metric} (one seed: no paired test possible)"
-    word = ("better than" if d.mean > 0 else "worse than") if d.significant else "not distinguishable from"
-    return f"on {dataset}, {label_b} is {word} {a} ({metric} difference {d})"
+    return f"on {dataset}, {d.describe(label_b, a, metric)}"

@@ -14,7 +14,7 @@ import pandas as pd
 
 from medsoup.inmerge import check_params
 from medsoup.profiles import CPU_DATASETS
-from medsoup.stats import paired_difference, summarise
+from medsoup.stats import PairedDifference, paired_difference, summarise
 from medsoup.train import TrainConfig
 
 _SMOKE = dict(datasets=("breastmnist",), model="smallcnn", size=28, init=None, train_subset=192, seeds=(0, 1),
@@ -128,7 +128,7 @@ def comparison(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
             row = dict(zip(keys, group))
             row.update({"metric": metric, "n": b.n, "baseline": b.mean, "baseline_std": b.std, "inmerge": m.mean,
                         "inmerge_std": m.std, "diff": d.mean, "ci_low": d.low, "ci_high": d.high,
-                        "p_value": d.p_value, "significant": d.significant})
+                        "p_value": d.p_value, "significant": d.significant, "outcome": d.outcome})
             if all("merge_rate" in r for r in mine):
                 row["merge_rate"] = float(np.mean([r["merge_rate"] for r in mine]))
             table.append(row)
@@ -155,22 +155,15 @@ def verdict(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = 
     keys = (by,) if isinstance(by, str) else tuple(by)
     sentences = []
     for _, r in table[table["metric"] == metric].iterrows():
-        ci = f"{r['diff']:+.3f} (95% CI [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], n={r['n']})"
-        if r["n"] < 2:
-            outcome = f"changes test {metric.upper()} by {r['diff']:+.3f} on a single seed, too few to judge"
-        elif r["significant"]:
-            outcome = f"{'raises' if r['diff'] > 0 else 'lowers'} test {metric.upper()} by {ci}"
-        else:
-            outcome = f"makes no significant difference to test {metric.upper()}: {ci}"
-        sentences.append(f"On {_group_name(r, keys)}, InMerge {outcome}.")
+        d = PairedDifference(r["diff"], r["ci_low"], r["ci_high"], r["p_value"], int(r["n"]), 0.95)
+        sentences.append(f"On {_group_name(r, keys)}, {d.describe('InMerge', 'the baseline', f'test {metric.upper()}')}.")
     return " ".join(sentences)
 
 
 def tally(table: pd.DataFrame, metric: str = "auc") -> str:
     """How many settings of :func:`comparison` raise or lower ``metric`` significantly (95% CI)."""
     rows = table[table["metric"] == metric]
-    up = int((rows["significant"] & (rows["diff"] > 0)).sum())
-    down = int((rows["significant"] & (rows["diff"] < 0)).sum())
+    up, down = int((rows["outcome"] == "better").sum()), int((rows["outcome"] == "worse").sum())
     best = rows.loc[rows["diff"].idxmax()]
     return (f"Of {len(rows)} settings, {up} raise test {metric.upper()} significantly over the baseline and "
             f"{down} lower it; the largest mean change is {best['diff']:+.3f} "

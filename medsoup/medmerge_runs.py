@@ -26,7 +26,7 @@ from medsoup.medmerge import merged_keys, recover_weights, source_state
 from medsoup.models import conv_layers, create_model
 from medsoup.profiles import BASELINE, CPU_DATASETS, baseline_run
 from medsoup.runs import RunConfig, run, run_many
-from medsoup.stats import paired_difference, summarise
+from medsoup.stats import PairedDifference, paired_difference, summarise
 from medsoup.train import TrainConfig
 
 #: Sources per target: each target's sources are the two other offline datasets (cpu, smoke), or
@@ -154,7 +154,7 @@ def summary(table: pd.DataFrame, by: list[str], metrics: Iterable[str] = ("acc",
 
 def paired_against(table: pd.DataFrame, by: list[str], reference: dict, metric: str) -> pd.DataFrame:
     """Per target, the paired difference (over seeds) ``reference - group`` for every other group
-    (positive: the reference group is better)."""
+    (positive: the reference group is better), as :meth:`~medsoup.stats.PairedDifference.columns`."""
     rows = []
     for target, per_target in table.groupby("target", sort=False):
         ref = per_target
@@ -166,24 +166,17 @@ def paired_against(table: pd.DataFrame, by: list[str], reference: dict, metric: 
             if all(labels.get(k) == v for k, v in reference.items()):
                 continue
             d = paired_difference(group.sort_values("seed")[metric].to_numpy(), ref[metric].to_numpy())
-            rows.append({"target": target, **labels, "metric": metric, "difference": d.mean, "low": d.low,
-                         "high": d.high, "p": d.p_value, "n": d.n, "significant": d.significant})
+            rows.append({"target": target, **labels, "metric": metric, **d.columns()})
     return pd.DataFrame(rows)
 
 
 def verdict(paired: pd.DataFrame, reference: str) -> str:
-    """One sentence per comparison, true for any outcome: better / worse / no significant difference."""
+    """One sentence per row of :func:`paired_against`, true for any outcome."""
     sentences = []
     for row in paired.itertuples():
         other = " ".join(str(getattr(row, c)) for c in ("approach", "source", "ablation") if hasattr(row, c))
-        ci = "no CI with one seed" if row.n < 2 else f"95% CI [{row.low:+.3f}, {row.high:+.3f}]"
-        if row.significant:
-            word = "better" if row.difference > 0 else "worse"
-            text = f"{reference} is significantly {word} than {other}"
-        else:
-            text = f"{reference} is not significantly different from {other}"
-        sentences.append(f"{row.target}: {text} in {row.metric.upper()} "
-                         f"(difference {row.difference:+.3f}, {ci}, n={row.n}).")
+        described = PairedDifference.from_columns(row).describe(reference, other, row.metric.upper())
+        sentences.append(f"{row.target}: {described}.")
     return " ".join(sentences)
 
 

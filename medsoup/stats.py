@@ -50,6 +50,37 @@ class PairedDifference:
         """True when the interval excludes zero."""
         return self.n > 1 and (self.low > 0 or self.high < 0)
 
+    @property
+    def outcome(self) -> str:
+        """``"better"`` or ``"worse"`` (b against a, when the interval excludes zero), ``"no significant
+        difference"``, or ``"one seed"`` when there is no interval to judge by."""
+        if self.n < 2:
+            return "one seed"
+        if self.significant:
+            return "better" if self.mean > 0 else "worse"
+        return "no significant difference"
+
+    def describe(self, subject: str, reference: str, metric: str) -> str:
+        """The outcome in words, true for any result: ``"<subject> is better than <reference> in <metric>:
+        +0.020 (95% CI [+0.010, +0.030], n=5)"``; every chapter's verdicts are built from it."""
+        if self.n < 2:
+            return f"{subject} minus {reference} is {self.mean:+.3f} {metric} on one seed, too few to test"
+        relation = {"better": "better than", "worse": "worse than",
+                    "no significant difference": "not significantly different from"}[self.outcome]
+        return (f"{subject} is {relation} {reference} in {metric}: {self.mean:+.3f} "
+                f"({self.confidence:.0%} CI [{self.low:+.3f}, {self.high:+.3f}], n={self.n})")
+
+    def columns(self) -> dict[str, float | int | str]:
+        """Table columns: ``difference, ci_low, ci_high, p_value, n, outcome``."""
+        return {"difference": self.mean, "ci_low": self.low, "ci_high": self.high, "p_value": self.p_value,
+                "n": self.n, "outcome": self.outcome}
+
+    @classmethod
+    def from_columns(cls, row, confidence: float = 0.95) -> "PairedDifference":
+        """Back from a table row holding :meth:`columns` (a mapping or a named tuple)."""
+        get = row.get if hasattr(row, "get") else lambda k: getattr(row, k)
+        return cls(get("difference"), get("ci_low"), get("ci_high"), get("p_value"), int(get("n")), confidence)
+
     def __str__(self) -> str:
         return (f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] "
                 f"({self.confidence:.0%} CI, n={self.n}, p={self.p_value:.3f})")

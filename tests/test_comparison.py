@@ -46,10 +46,10 @@ def test_common_grid_is_what_every_chapter_ran_and_paired_rows_pair_by_seed():
     shared = cmp.restrict(rows, datasets, seeds)
     paired = cmp.paired_rows(shared, "acc")
     inm = paired[paired["method"] == "InMerge"].iloc[0]
-    assert inm["difference"] == pytest.approx(0.1) and inm["n"] == 2 and inm["verdict"] == "helps"
+    assert inm["difference"] == pytest.approx(0.1) and inm["n"] == 2 and inm["outcome"] == "better"
     gog = paired[(paired["method"] == "GoG") & (paired["baseline"] == "Greedy soup")].iloc[0]
     assert gog["difference"] == pytest.approx(0.005)
-    assert "InMerge minus fine-tuning, no merging is +0.100" in cmp.verdict_sentence(paired)
+    assert "On breastmnist, InMerge is better than fine-tuning, no merging in test ACC: +0.100" in cmp.verdict_sentence(paired)
     assert set(cmp.summary_table(shared, "auc").columns) == {"breastmnist"}
 
 

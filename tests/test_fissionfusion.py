@@ -26,11 +26,11 @@ def test_values_summary_and_verdict():
     assert ff.values(rows, "retinamnist", "GoG", "f1") == [0.75, 0.78, 0.74]
     assert ff.values(rows, "retinamnist", "GoG", "f1", split="ood") == pytest.approx([0.60, 0.63, 0.59])
     table = ff.summary_table(rows, ["retinamnist"], ["Greedy soup", "GoG"], {"retinamnist": "f1"})
-    assert table["GoG"]["retinamnist"] == "0.757 ± 0.021"
+    assert table["GoG"]["retinamnist"] == "0.757 ± 0.021 (n=3)"
     sentence = ff.verdict(rows, "retinamnist", "Greedy soup", "GoG", "f1")
     assert sentence.startswith("on retinamnist, GoG is better than Greedy soup")
     one = [r for r in rows if r["seed"] == 0]
-    assert "no paired test" in ff.verdict(one, "retinamnist", "Greedy soup", "GoG", "f1")
+    assert "on one seed, too few to test" in ff.verdict(one, "retinamnist", "Greedy soup", "GoG", "f1")
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ def test_comparison_and_verdict_follow_the_paired_difference():
     table = comparison(rows, metrics=("auc",))
     row = table.iloc[0]
     assert row["n"] == 5 and row["diff"] == pytest.approx(0.0204) and row["significant"]
-    assert verdict(table).startswith("On d, InMerge raises test AUC by +0.020")
+    assert row["outcome"] == "better"
+    assert verdict(table).startswith("On d, InMerge is better than the baseline in test AUC: +0.020 (95% CI [")
 
 
 def test_sweep_shares_the_baseline_and_logs_merge_rates():

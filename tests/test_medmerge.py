@@ -214,7 +214,8 @@ def test_paired_table_and_verdict_follow_the_numbers():
     paired = mr.paired_against(table, ["approach", "source"], {"approach": "MedMerge"}, "f1")
     assert len(paired) == 1 and paired.difference[0] == pytest.approx(0.1033, abs=1e-3)
     text = mr.verdict(paired, "MedMerge")
-    assert "significantly better than FT s in F1" in text and "n=3" in text
+    assert paired.outcome[0] == "better"
+    assert text.startswith("t: MedMerge is better than FT s in F1: +0.103 (95% CI [") and "n=3" in text
 
 
 def test_w_agreement_compares_favoured_source_with_better_ft():

@@ -192,3 +192,17 @@ def test_figures_build_without_a_display():
     fig = figures.image_grid(torch.zeros(5, 3, 28, 28, dtype=torch.uint8), ["a"] * 5, ncols=4)
     assert len(fig.axes) == 8 and sum(bool(ax.images) for ax in fig.axes) == 5
     matplotlib.pyplot.close("all")
+
+
+def test_paired_outcome_words_and_columns_round_trip():
+    better = stats.paired_difference([0.5, 0.6, 0.7], [0.6, 0.71, 0.79])
+    assert better.outcome == "better"
+    assert better.describe("B", "A", "ACC").startswith("B is better than A in ACC: +0.100 (95% CI [+0.")
+    worse = stats.paired_difference([0.6, 0.71, 0.79], [0.5, 0.6, 0.7])
+    assert worse.outcome == "worse" and "B is worse than A" in worse.describe("B", "A", "ACC")
+    unclear = stats.paired_difference([0.5, 0.6, 0.7], [0.6, 0.5, 0.71])
+    assert unclear.outcome == "no significant difference"
+    assert "not significantly different from" in unclear.describe("B", "A", "ACC")
+    one = stats.paired_difference([0.5], [0.6])
+    assert one.outcome == "one seed" and one.describe("B", "A", "ACC") == "B minus A is +0.100 ACC on one seed, too few to test"
+    assert stats.PairedDifference.from_columns(better.columns()) == better
