@@ -165,9 +165,15 @@ def tally(table: pd.DataFrame, metric: str = "auc") -> str:
     rows = table[table["metric"] == metric]
     up, down = int((rows["outcome"] == "better").sum()), int((rows["outcome"] == "worse").sum())
     best = rows.loc[rows["diff"].idxmax()]
-    return (f"Of {len(rows)} settings, {up} raise test {metric.upper()} significantly over the baseline and "
+    text = (f"Of {len(rows)} settings, {up} raise test {metric.upper()} significantly over the baseline and "
             f"{down} lower it; the largest mean change is {best['diff']:+.3f} "
             f"(seeds per setting: {rows['n'].min()}).")
+    if "merge_rate" in rows:
+        inert = int((rows["merge_rate"] == 0).sum())
+        text += (f" In {inert} of them no kernel was merged at all (no selected pair passed the threshold), so"
+                 f" InMerge there is the baseline; the mean merge rate ranges from {100 * rows['merge_rate'].min():.2f}%"
+                 f" to {100 * rows['merge_rate'].max():.2f}% of kernel draws.")
+    return text
 
 
 def merge_rate_sentence(rate: float) -> str:

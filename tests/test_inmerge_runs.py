@@ -2,7 +2,7 @@
 
 import pytest
 
-from medsoup.inmerge_runs import INMERGE, comparison, protocol, sweep, verdict
+from medsoup.inmerge_runs import INMERGE, comparison, protocol, sweep, tally, verdict
 from medsoup.profiles import settings
 from tests.conftest import real_file
 
@@ -42,3 +42,13 @@ def test_sweep_shares_the_baseline_and_logs_merge_rates():
     assert list(merged) == ["features.14", "features.17"]
     table = comparison(records, by=("dataset", "setting"))
     assert list(table["setting"]) == ["p=0.3", "p=0.3", "p=1", "p=1"] and (table["n"] == 1).all()
+
+
+def test_tally_counts_outcomes_and_settings_that_merged_nothing():
+    rows = [{"dataset": "d", "setting": name, "seed": s, "baseline": {"auc": 0.80 + 0.01 * s},
+             "inmerge": {"auc": 0.80 + 0.01 * s + delta + 0.001 * (s % 2)}, "merge_rate": rate}
+            for name, delta, rate in (("up", 0.02, 0.1), ("same", 0.0, 0.0)) for s in range(5)]
+    table = comparison(rows, metrics=("auc",), by=("dataset", "setting"))
+    text = tally(table)
+    assert text.startswith("Of 2 settings, 1 raise test AUC significantly over the baseline and 0 lower it")
+    assert "In 1 of them no kernel was merged at all" in text and "from 0.00% to 10.00%" in text
