@@ -166,7 +166,7 @@ def tally(table: pd.DataFrame, metric: str = "auc") -> str:
     up, down = int((rows["outcome"] == "better").sum()), int((rows["outcome"] == "worse").sum())
     best = rows.loc[rows["diff"].idxmax()]
     text = (f"Of {len(rows)} settings, {up} raise test {metric.upper()} significantly over the baseline and "
-            f"{down} lower it; the largest mean change is {best['diff']:+.3f} "
+            f"{down} lower it; the largest mean change is {best['diff']:+.4f} "
             f"(seeds per setting: {rows['n'].min()}).")
     if "merge_rate" in rows:
         inert = int((rows["merge_rate"] == 0).sum())
