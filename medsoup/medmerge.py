@@ -88,22 +88,22 @@ def merge_kernels(w: torch.Tensor, k_b: torch.Tensor, k_c: torch.Tensor) -> torc
     return torch.lerp(k_c, k_b, w)
 
 
+def check_parametrisation(parametrisation: str) -> None:
+    """Raise an error naming the valid choices unless ``parametrisation`` is one of them."""
+    if parametrisation not in PARAMETRISATIONS:
+        raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
+
+
 def weight_values(raw: torch.Tensor, parametrisation: str) -> torch.Tensor:
     """``w`` in [0, 1] from the trained tensor: ``sigmoid(raw)`` or ``clamp(0.5 + raw, 0, 1)``."""
-    if parametrisation == "sigmoid":
-        return torch.sigmoid(raw)
-    if parametrisation == "clamp":
-        return torch.clamp(0.5 + raw, 0.0, 1.0)
-    raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
+    check_parametrisation(parametrisation)
+    return torch.sigmoid(raw) if parametrisation == "sigmoid" else torch.clamp(0.5 + raw, 0.0, 1.0)
 
 
 def raw_values(w: torch.Tensor, parametrisation: str) -> torch.Tensor:
     """Inverse of :func:`weight_values` (``w = 1`` is ``raw = inf`` under the sigmoid)."""
-    if parametrisation == "sigmoid":
-        return torch.logit(w)
-    if parametrisation == "clamp":
-        return w - 0.5
-    raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
+    check_parametrisation(parametrisation)
+    return torch.logit(w) if parametrisation == "sigmoid" else w - 0.5
 
 
 def merged_keys(model: nn.Module) -> dict[str, list[str]]:
@@ -135,8 +135,7 @@ class MedMergeModel(nn.Module):
         super().__init__()
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; valid: {', '.join(LEVELS)}")
-        if parametrisation not in PARAMETRISATIONS:
-            raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
+        check_parametrisation(parametrisation)
         head = classifier_keys(template)
         own = template.state_dict()
         check_pair(state_b, state_c, ignore=head)

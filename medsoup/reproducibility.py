@@ -62,11 +62,15 @@ def profile_table(name: str) -> pd.DataFrame:
                         index=pd.Index(settings, name="setting"))
 
 
+def _timings_record(profile: str, root: str | Path) -> dict:
+    path = Path(root) / "timings" / f"{profile}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def timings(profile: str, root: str | Path = "results") -> pd.DataFrame:
     """The execution wall time of each notebook recorded by ``medsoup.book`` for ``profile``
     (empty when none was recorded)."""
-    path = Path(root) / "timings" / f"{profile}.json"
-    record = json.loads(path.read_text()) if path.is_file() else {}
+    record = _timings_record(profile, root)
     return pd.DataFrame([{"notebook": name, "minutes": entry["seconds"] / 60, "finished": entry["finished"],
                           "cpu cores": entry["machine"].get("cpu_count"), "torch threads": entry["machine"].get("torch_threads"),
                           "GPU": entry["machine"].get("gpu", "none")} for name, entry in record.items()],
@@ -75,9 +79,5 @@ def timings(profile: str, root: str | Path = "results") -> pd.DataFrame:
 
 def reference_machine(profile: str, root: str | Path = "results") -> dict | None:
     """The machine of the most recent notebook execution recorded for ``profile``, if any."""
-    path = Path(root) / "timings" / f"{profile}.json"
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
+    record = _timings_record(profile, root)
     return max(record.values(), key=lambda e: e["finished"])["machine"] if record else None
-
