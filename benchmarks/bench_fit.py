@@ -1,8 +1,8 @@
-"""Training throughput of ``medsoup.train.fit`` against two references, measured in the same run.
+"""Training throughput of ``medsoup.core.train.fit`` against two references, measured in the same run.
 
 1. A bare PyTorch loop over the same pre-loaded ``uint8`` tensors: the same model (``smallcnn``),
    batch size 128, AdamW, the same ``medium`` augmentation done the same way (normalise and
-   ``medsoup.augment.augment_batch`` on the batch tensor), and nothing else: no learning-rate
+   ``medsoup.core.augment.augment_batch`` on the batch tensor), and nothing else: no learning-rate
    schedule, finite-loss check, callbacks or progress bar. Target: fit / bare >= 0.9.
 2. MedMNIST's own path: ``medmnist.PneumoniaMNIST`` with PIL transforms (random flip and a
    3-pixel reflect-padded random crop, i.e. the same augmentation, then ``ToTensor`` and
@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from medsoup.augment import augment_batch, normalise
-from medsoup.data import MedData, Split, data_root, load_dataset, stratified_indices
-from medsoup.models import create_model
-from medsoup.provenance import code_version, machine
-from medsoup.train import Callback, TrainConfig, fit
+from medsoup.core.augment import augment_batch, normalise
+from medsoup.core.data import MedData, Split, data_root, load_dataset, stratified_indices
+from medsoup.core.models import create_model
+from medsoup.core.train import Callback, TrainConfig, fit
+from medsoup.runs.provenance import code_version, machine
 
 DATASET = "pneumoniamnist"
 BATCH = 128

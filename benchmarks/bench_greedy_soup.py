@@ -4,7 +4,7 @@ The zoo is a grid search as in FissionFusion's code at small scale: 8 learning r
 augmentations x 2 seeds of ``smallcnn`` fine-tuned on RetinaMNIST from one shared initial run
 (cached in ``$MEDSOUP_RUNS``, so only the first call trains). Timed:
 
-* :func:`medsoup.soups.greedy_soup` with the runs' recorded validation scores (n - 1 soup
+* :func:`medsoup.merging.soups.greedy_soup` with the runs' recorded validation scores (n - 1 soup
   evaluations) and without them (2n - 1), each with and without BN recalibration;
 * a straightforward reference: a deep copy of the model per evaluation and every candidate's
   score recomputed, soups averaged key by key with Python sums.
@@ -25,11 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsoup.data import load_dataset  # noqa: E402
-from medsoup.provenance import code_version, machine  # noqa: E402
-from medsoup.runs import RunConfig, run_many  # noqa: E402
-from medsoup.soups import greedy_soup, state_scorer  # noqa: E402
-from medsoup.train import TrainConfig, evaluate  # noqa: E402
+from medsoup.core.data import load_dataset  # noqa: E402
+from medsoup.core.train import TrainConfig, evaluate  # noqa: E402
+from medsoup.merging.soups import greedy_soup, state_scorer  # noqa: E402
+from medsoup.runs.provenance import code_version, machine  # noqa: E402
+from medsoup.runs.store import RunConfig, run_many  # noqa: E402
 
 LRS = (3e-3, 2e-3, 1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 5e-5)
 AUGMENTS = ("minimal", "medium", "heavy")

@@ -7,7 +7,7 @@ alpha 0.8, p 0.3, tau 0.3). Each round times blocks of steps in the order plain,
 merging, plain, so load drifts on a shared machine hit both alike; the overhead is the median over
 rounds of each round's ratio. Target: overhead <= 3%.
 
-Beside it, one merge pass timed alone, vectorised (:func:`medsoup.inmerge.merge_layers`) and
+Beside it, one merge pass timed alone, vectorised (:func:`medsoup.merging.inmerge.merge_layers`) and
 as the per-kernel Python loop with ``.item()`` per pair of the paper's public code, on the cpu
 model and on the paper's VGG19 (L_s 10: 6 layers of 512 kernels).
 """
@@ -22,10 +22,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from medsoup.inmerge import forward_conv_layers, merge_layers
-from medsoup.inmerge_runs import INMERGE
-from medsoup.models import create_model
-from medsoup.provenance import code_version
+from medsoup.chapters.inmerge import INMERGE
+from medsoup.core.models import create_model
+from medsoup.merging.inmerge import forward_conv_layers, merge_layers
+from medsoup.runs.provenance import code_version
 
 
 def loop_merge(layers, first_layer, alpha, p, tau, generator):

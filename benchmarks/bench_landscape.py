@@ -1,6 +1,6 @@
 """Benchmark: a 21 x 21 error-landscape plane with BatchNorm recalibration on RetinaMNIST.
 
-medsoup's path (:func:`medsoup.landscape.plane_landscape`): one model, the grid point written as
+medsoup's path (:func:`medsoup.merging.landscape.plane_landscape`): one model, the grid point written as
 ``c @ M`` into its parameters, BN statistics recomputed in place on pre-normalised training
 batches. Reference (a straightforward implementation): per point, ``copy.deepcopy`` of the
 model, a per-key state-dict combination, ``torch.optim.swa_utils.update_bn`` over a DataLoader
@@ -29,13 +29,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsoup import statedict as sd  # noqa: E402
-from medsoup.bn import recalibrate_bn, train_images  # noqa: E402
-from medsoup.data import load_dataset  # noqa: E402
-from medsoup.landscape import StateMixer, flatten, plane_basis, plane_grid, plane_landscape  # noqa: E402
-from medsoup.provenance import code_version, machine  # noqa: E402
-from medsoup.runs import RunConfig, run  # noqa: E402
-from medsoup.train import TrainConfig, evaluate  # noqa: E402
+from medsoup.core.bn import recalibrate_bn, train_images  # noqa: E402
+from medsoup.core.data import load_dataset  # noqa: E402
+from medsoup.core.train import TrainConfig, evaluate  # noqa: E402
+from medsoup.merging import statedict as sd  # noqa: E402
+from medsoup.merging.landscape import StateMixer, flatten, plane_basis, plane_grid, plane_landscape  # noqa: E402
+from medsoup.runs.provenance import code_version, machine  # noqa: E402
+from medsoup.runs.store import RunConfig, run  # noqa: E402
 
 
 def main() -> None:

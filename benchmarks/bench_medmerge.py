@@ -4,9 +4,9 @@
 
 One LP step = forward, cross-entropy, backward and an AdamW step, at batch 128 on 28 px images:
 
-* single backbone: the head and BatchNorm trainable (:func:`medsoup.train.trainable_parameters`
+* single backbone: the head and BatchNorm trainable (:func:`medsoup.core.train.trainable_parameters`
   with ``linear_probe=True``, ``bn_trainable=True``), the LP stage of LP-FT;
-* MedMerge: :class:`~medsoup.medmerge.MedMergeModel` (w, BatchNorm and head trainable; the merged
+* MedMerge: :class:`~medsoup.merging.medmerge.MedMergeModel` (w, BatchNorm and head trainable; the merged
   kernels are recomputed from both frozen sources at every step);
 * for reference, a full fine-tuning step of the single backbone: MedMerge needs the gradient of
   every merged kernel (to reach its w), which a head-and-BN linear probe never computes.
@@ -16,7 +16,7 @@ Memory at the peak of a step (after the forward, before the backward), counted t
 any device: parameters and buffers of the model (MedMerge holds both sources), the optimizer's
 state, and the activations saved for the backward (``torch.autograd.graph.saved_tensors_hooks``);
 on CUDA also ``max_memory_allocated``.
-Baking (:func:`~medsoup.medmerge.baked_state`) is timed against one pass that clones the plain
+Baking (:func:`~medsoup.merging.medmerge.baked_state`) is timed against one pass that clones the plain
 model's state dict.
 """
 
@@ -31,10 +31,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from medsoup.medmerge import MedMergeModel, baked_state
-from medsoup.models import create_model
-from medsoup.provenance import code_version
-from medsoup.train import TrainConfig, make_optimizer, trainable_parameters
+from medsoup.core.models import create_model
+from medsoup.core.train import TrainConfig, make_optimizer, trainable_parameters
+from medsoup.merging.medmerge import MedMergeModel, baked_state
+from medsoup.runs.provenance import code_version
 
 BATCH, SIZE, CLASSES = 128, 28, 5
 

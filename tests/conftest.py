@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from medsoup import data as md  # noqa: E402
+from medsoup.core import data as md  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-from medsoup.train import Callback, TrainConfig  # noqa: E402
+from medsoup.core.train import Callback, TrainConfig  # noqa: E402
 
 #: A training config small and fast enough for unit tests.
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=16, optimizer="adamw", lr=1e-3, augment="medium",
@@ -46,7 +46,7 @@ class StopAfter(Callback):
 
 
 def tiny(name: str = "breastmnist", size: int = 28, n: int = 24, seed: int = 0) -> md.MedData:
-    """A synthetic :class:`~medsoup.data.MedData` of ``name`` with ``n`` images per split."""
+    """A synthetic :class:`~medsoup.core.data.MedData` of ``name`` with ``n`` images per split."""
     return md.from_arrays(name, size, md.synthetic_arrays(name, size, n_per_split=n, seed=seed))
 
 

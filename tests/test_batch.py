@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from medsoup import batch
+from medsoup.book import batch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import copy
 import torch
 from torch.optim.swa_utils import update_bn
 
-from medsoup import statedict as sd
-from medsoup.bn import evaluate_state, recalibrate_bn, train_images
-from medsoup.models import create_model
+from medsoup.core.bn import evaluate_state, recalibrate_bn, train_images
+from medsoup.core.models import create_model
+from medsoup.merging import statedict as sd
 from tests.conftest import tiny
 
 

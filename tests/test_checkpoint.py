@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from medsoup import checkpoint as ckpt
+from medsoup.core import checkpoint as ckpt
 
 
 def _tensors(value: float) -> dict[str, torch.Tensor]:

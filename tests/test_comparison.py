@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medsoup import comparison as cmp
+from medsoup.chapters import comparison as cmp
 
 
 def _metrics(x):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medsoup.corruptions import CORRUPTIONS, corrupt, corrupted
+from medsoup.core.corruptions import CORRUPTIONS, corrupt, corrupted
 from tests.conftest import tiny
 
 

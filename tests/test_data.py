@@ -8,8 +8,8 @@ import pytest
 import torch
 from medmnist import INFO
 
-from medsoup import augment
-from medsoup import data as md
+from medsoup.core import augment
+from medsoup.core import data as md
 from tests.conftest import real_file, tiny, write_npz
 
 OFFICIAL = ("breastmnist", "pneumoniamnist", "retinamnist")
@@ -271,7 +271,7 @@ def test_shuffled_augmented_batches_are_reproducible_with_a_seeded_generator():
 
 # ---------------------------------------------------------------- augmentation
 
-@pytest.mark.parametrize("level", augment.LEVELS)
+@pytest.mark.parametrize("level", augment.AUGMENT_LEVELS)
 @pytest.mark.parametrize("shape", [(5, 1, 28, 28), (3, 3, 64, 64)])
 def test_augmentation_keeps_shape_range_and_is_seeded(level, shape):
     x = torch.rand(shape) * 2 - 1

@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
-from medsoup import fgg
-from medsoup.fgg import FISSIONFUSION, CycleSnapshots, fgg_epochs
-from medsoup.models import create_model
-from medsoup.profiles import settings
-from medsoup.runs import run
-from medsoup.schedules import cycle_length, cyclical_lr, is_cycle_minimum
-from medsoup.train import Callback, fit
+from medsoup.chapters import fissionfusion as ff
+from medsoup.chapters.fissionfusion import FISSIONFUSION
+from medsoup.core.models import create_model
+from medsoup.core.schedules import cycle_length, cyclical_lr, is_cycle_minimum
+from medsoup.core.train import Callback, fit
+from medsoup.merging.fgg import CycleSnapshots, fgg_epochs
+from medsoup.runs.profiles import settings
+from medsoup.runs.store import run
 from tests.conftest import TINY_TRAIN, real_file, tiny
 
 HI, LO = 1e-5, 1e-8
@@ -71,32 +72,32 @@ def test_fgg_epochs_cover_the_snapshots():
 
 def test_zoo_configs_follow_the_paper_recipe():
     s = settings(FISSIONFUSION, "cpu")
-    grid = fgg.grid_runs(s, "retinamnist", seed=1)
+    grid = ff.grid_runs(s, "retinamnist", seed=1)
     assert len(grid) == len(s["lrs"]) * len(s["augments"]) * s["grid_seeds"]
     assert len({repr(g) for g in grid}) == len(grid)
-    warm = fgg.warmup_run(s, "retinamnist", 1)
+    warm = ff.warmup_run(s, "retinamnist", 1)
     assert all(g.init == warm for g in grid)
     assert warm.train.linear_probe and not warm.train.bn_trainable
-    assert warm.init.dataset == fgg.SOURCE["retinamnist"] and warm.init.init is None
+    assert warm.init.dataset == ff.SOURCE["retinamnist"] and warm.init.init is None
     assert {g.train.seed for g in grid} == {2, 3}
-    bases = fgg.base_runs(s, "retinamnist", 1)
+    bases = ff.base_runs(s, "retinamnist", 1)
     assert all(b in grid for b in bases)            # shared with the grid search through the run cache
     assert [b.train.lr for b in bases] == list(s["lrs"])
-    for base, run_ in zip(bases, fgg.fgg_runs(s, "retinamnist", 1)):
+    for base, run_ in zip(bases, ff.fgg_runs(s, "retinamnist", 1)):
         t = run_.train
         assert run_.init == base and t.schedule == "cyclical" and not t.restore_best
         assert (t.lr, t.min_lr, t.cycle_epochs) == (s["fgg_lr_max"], s["fgg_lr_min"], s["fgg_cycle_epochs"])
         assert run_.callbacks == (("cycle_snapshots", {"cycle_epochs": s["fgg_cycle_epochs"]}),)
         assert t.epochs == math.ceil((s["fgg_snapshots"] - 0.5) * s["fgg_cycle_epochs"])
-    assert fgg.pretrain_run(settings(FISSIONFUSION, "paper"), "retinamnist") == "imagenet"
+    assert ff.pretrain_run(settings(FISSIONFUSION, "paper"), "retinamnist") == "imagenet"
 
 
 @pytest.mark.skipif(real_file("breastmnist") is None, reason="breastmnist.npz not available")
 def test_fgg_run_stores_snapshots_as_artifacts(run_cache):
     s = settings(FISSIONFUSION, "smoke")
-    base = fgg.grid_run(s, "breastmnist", 0, 1e-3, "heavy", 0).replace(init=None, train_subset=128)
+    base = ff.grid_run(s, "breastmnist", 0, 1e-3, "heavy", 0).replace(init=None, train_subset=128)
     base = base.with_train(epochs=1, device="cpu")
-    result = run(fgg.fgg_run(s, base), run_cache, progress=False)
+    result = run(ff.fgg_run(s, base), run_cache, progress=False)
     assert result.artifacts == [f"snapshot_{i}" for i in range(s["fgg_snapshots"])]
     last = result.load_artifact(f"snapshot_{s['fgg_snapshots'] - 1}")
     final = result.load_state()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from medsoup import fissionfusion as ff
-from medsoup.data import load_dataset
-from medsoup.fgg import FISSIONFUSION
-from medsoup.models import create_model
-from medsoup.profiles import settings
+from medsoup.chapters import fissionfusion as ff
+from medsoup.chapters.fissionfusion import FISSIONFUSION
+from medsoup.core.data import load_dataset
+from medsoup.core.models import create_model
+from medsoup.runs.profiles import settings
 from tests.conftest import real_file
 
 

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from medsoup.inmerge import InMerge, forward_conv_layers, merge_kernels, merge_layers, mergeable_convs
-from medsoup.kernels import fraction_above, pairwise_cosine
-from medsoup.models import create_model
-from medsoup.profiles import settings
-from medsoup.train import Callback, TrainConfig, evaluate, fit
-from tests.conftest import StopAfter, real_file, tiny
+from medsoup.core.models import create_model
+from medsoup.core.train import Callback, TrainConfig, evaluate, fit
+from medsoup.merging.inmerge import InMerge, forward_conv_layers, merge_kernels, merge_layers, mergeable_convs
+from medsoup.merging.kernels import fraction_above, pairwise_cosine
+from tests.conftest import StopAfter, tiny
 
 
 def gen(seed=0):

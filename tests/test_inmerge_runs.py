@@ -2,8 +2,8 @@
 
 import pytest
 
-from medsoup.inmerge_runs import INMERGE, comparison, protocol, sweep, tally, verdict
-from medsoup.profiles import settings
+from medsoup.chapters.inmerge import INMERGE, comparison, protocol, sweep, tally, verdict
+from medsoup.runs.profiles import settings
 from tests.conftest import real_file
 
 

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from medsoup.bn import evaluate_state
-from medsoup.landscape import (StateMixer, barrier, filter_normalized_direction, flatten, lmc_curve,
-                               plane_basis, plane_landscape, random_landscape)
-from medsoup.models import create_model
+from medsoup.core.bn import evaluate_state
+from medsoup.core.models import create_model
+from medsoup.merging.landscape import (
+    StateMixer,
+    barrier,
+    filter_normalized_direction,
+    flatten,
+    lmc_curve,
+    plane_basis,
+    plane_landscape,
+    random_landscape,
+)
 from tests.conftest import tiny
 
 

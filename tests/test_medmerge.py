@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from medsoup.chapters import medmerge as mr
+from medsoup.core.models import classifier_keys, create_model
+from medsoup.core.train import fit
+from medsoup.merging import medmerge as mm
+from medsoup.runs import builders
+from medsoup.runs.store import RunConfig, build_model, run
 from tests.conftest import TINY_TRAIN, tiny
-from medsoup import medmerge as mm
-from medsoup import medmerge_runs as mr
-from medsoup.models import classifier_keys, create_model
-from medsoup.runs import RunConfig, build_model, run
-from medsoup.train import fit
 
 ARCH = {"name": "smallcnn", "num_classes": 3, "in_chans": 3, "img_size": 28}
 
@@ -40,16 +41,16 @@ def merged_model(pair, **options) -> mm.MedMergeModel:
     return mm.MedMergeModel(create_model("smallcnn", 3), b.state_dict(), c.state_dict(), ARCH, **options)
 
 
-def test_merge_kernels_endpoints_and_broadcast():
+def test_mix_kernels_endpoints_and_broadcast():
     kb, kc = torch.randn(4, 3, 3, 3), torch.randn(4, 3, 3, 3)
-    assert torch.equal(mm.merge_kernels(torch.ones(4), kb, kc), kb)
-    assert torch.equal(mm.merge_kernels(torch.zeros(4), kb, kc), kc)
+    assert torch.equal(mm.mix_kernels(torch.ones(4), kb, kc), kb)
+    assert torch.equal(mm.mix_kernels(torch.zeros(4), kb, kc), kc)
     w = torch.tensor([0.0, 0.25, 0.5, 1.0])
     expected = torch.stack([w[j] * kb[j] + (1 - w[j]) * kc[j] for j in range(4)])
-    assert torch.allclose(mm.merge_kernels(w, kb, kc), expected)
-    assert torch.allclose(mm.merge_kernels(torch.full_like(kb, 0.25), kb, kc), 0.25 * kb + 0.75 * kc)
+    assert torch.allclose(mm.mix_kernels(w, kb, kc), expected)
+    assert torch.allclose(mm.mix_kernels(torch.full_like(kb, 0.25), kb, kc), 0.25 * kb + 0.75 * kc)
     with pytest.raises(ValueError, match="fits neither"):
-        mm.merge_kernels(torch.ones(3), kb, kc)
+        mm.mix_kernels(torch.ones(3), kb, kc)
 
 
 @pytest.mark.parametrize("parametrisation", mm.PARAMETRISATIONS)
@@ -64,7 +65,7 @@ def test_parametrisations_start_at_half_and_stay_in_unit_interval(parametrisatio
 
 
 @pytest.mark.parametrize("parametrisation", mm.PARAMETRISATIONS)
-@pytest.mark.parametrize("level", mm.LEVELS)
+@pytest.mark.parametrize("level", mm.MERGE_LEVELS)
 def test_w_one_gives_source_b_and_w_zero_gives_source_c(pair, parametrisation, level):
     x = torch.randn(6, 3, 28, 28)
     model = merged_model(pair, parametrisation=parametrisation, level=level).eval()
@@ -199,10 +200,10 @@ def test_builder_lp_then_ft_through_the_run_layer(run_cache):
 def test_builder_rejects_unknown_options():
     config = RunConfig(dataset="breastmnist", builder="medmerge", builder_params={"source_b": "imagenet"})
     with pytest.raises(ValueError, match="missing \\['source_c'\\]"):
-        mm.MedMergeBuilder.build(config, tiny("breastmnist"))
+        builders.MedMergeBuilder.build(config, tiny("breastmnist"))
     config = config.replace(builder_params={"source_b": "x", "source_c": "y", "mix": 1})
     with pytest.raises(ValueError, match="unknown \\['mix'\\]"):
-        mm.MedMergeBuilder.build(config, tiny("breastmnist"))
+        builders.MedMergeBuilder.build(config, tiny("breastmnist"))
 
 
 def test_paired_table_and_verdict_follow_the_numbers():

@@ -10,8 +10,11 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from medsoup import figures, profiles, schedules, stats
-from medsoup.metrics import compute_metrics, confusion
+from medsoup import figures
+from medsoup.chapters import baselines
+from medsoup.core import schedules, stats
+from medsoup.core.metrics import compute_metrics, confusion
+from medsoup.runs import profiles
 
 # ---------------------------------------------------------------- schedules
 
@@ -170,9 +173,9 @@ def test_settings_errors_name_the_unknown_key_or_profile():
 
 def test_baseline_runs_follow_the_recipe():
     for profile in profiles.PROFILES:
-        recipe = profiles.settings(profiles.BASELINE, profile)
+        recipe = profiles.settings(baselines.BASELINE, profile)
         for dataset in recipe["datasets"]:
-            config = profiles.baseline_run(recipe, dataset, seed=recipe["seeds"][-1])
+            config = baselines.baseline_run(recipe, dataset, seed=recipe["seeds"][-1])
             assert (config.dataset, config.model, config.size) == (dataset, recipe["model"], recipe["size"])
             assert (config.train.epochs, config.train.lr, config.train.seed) == (recipe["epochs"], recipe["lr"], recipe["seeds"][-1])
             assert config.train_subset == recipe["train_subset"]

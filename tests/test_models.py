@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from medsoup import checkpoint as ckpt
-from medsoup import models
+from medsoup.core import checkpoint as ckpt
+from medsoup.core import models
 
 
 @pytest.mark.parametrize("in_chans", [1, 3])

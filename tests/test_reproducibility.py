@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from medsoup import reproducibility as rep
-from medsoup.book import record_timing
+from medsoup.book.build import record_timing
+from medsoup.chapters import reproducibility as rep
 
 
 def test_pinned_versions_reads_both_equality_forms(tmp_path):

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from medsoup import checkpoint as ckpt
-from medsoup import data as md
-from medsoup import provenance, runs
-from medsoup.train import Callback, NonFiniteLossError, TrainConfig, evaluate
+from medsoup.core import checkpoint as ckpt
+from medsoup.core import data as md
+from medsoup.core.train import Callback, NonFiniteLossError, TrainConfig, evaluate
+from medsoup.runs import provenance
+from medsoup.runs import store as runs
 from tests.conftest import TINY_TRAIN, StopAfter, real_file, write_npz
 
 CONFIG = runs.RunConfig(dataset="breastmnist", model="smallcnn", in_chans=1, train_subset=32,
@@ -79,28 +80,31 @@ def test_key_depends_on_config_and_code_version(monkeypatch):
 
 def test_key_hashes_the_sources_that_run_the_config_only():
     plain = provenance.source_closure(runs.run_modules(CONFIG))
-    names = {p.name for p in plain}
-    assert {"runs.py", "train.py", "data.py", "models.py", "checkpoint.py", "augment.py"} <= names
-    assert not names & {"stats.py", "comparison.py", "book.py", "inmerge.py", "inmerge_runs.py", "fissionfusion.py"}
+    root = Path(provenance.medsoup.__file__).parent
+    names = {p.relative_to(root).as_posix() for p in plain}
+    assert {"runs/store.py", "core/train.py", "core/data.py", "core/models.py", "core/checkpoint.py",
+            "core/augment.py"} <= names
+    assert not names & {"core/stats.py", "chapters/comparison.py", "book/build.py", "merging/inmerge.py",
+                        "chapters/inmerge.py", "chapters/fissionfusion.py", "runs/profiles.py"}
     merged = CONFIG.replace(init=CONFIG, callbacks=(("inmerge", {"p": 0.3}),))
-    assert runs.run_modules(merged) == ("medsoup.inmerge", "medsoup.runs")
-    assert "inmerge.py" in {p.name for p in provenance.source_closure(runs.run_modules(merged))}
-    assert runs.run_modules(CONFIG.replace(init=merged)) == ("medsoup.inmerge", "medsoup.runs")
+    assert runs.run_modules(merged) == ("medsoup.merging.inmerge", "medsoup.runs.store")
+    assert root / "merging" / "inmerge.py" in provenance.source_closure(runs.run_modules(merged))
+    assert runs.run_modules(CONFIG.replace(init=merged)) == ("medsoup.merging.inmerge", "medsoup.runs.store")
 
 
 def test_code_version_follows_an_edit_of_a_hashed_source(monkeypatch, tmp_path):
     copy = tmp_path / "medsoup"
-    shutil.copytree(Path(provenance.__file__).parent, copy)
+    shutil.copytree(Path(provenance.medsoup.__file__).parent, copy)
     monkeypatch.setattr(provenance.medsoup, "__file__", str(copy / "__init__.py"))
     provenance.code_version.cache_clear()
     try:
-        before = provenance.code_version(("medsoup.runs",)), provenance.code_version()
-        (copy / "stats.py").write_text((copy / "stats.py").read_text() + "\n# edited\n")
+        before = provenance.code_version(("medsoup.runs.store",)), provenance.code_version()
+        (copy / "core" / "stats.py").write_text((copy / "core" / "stats.py").read_text() + "\n# edited\n")
         provenance.code_version.cache_clear()
-        after_stats = provenance.code_version(("medsoup.runs",)), provenance.code_version()
-        (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# edited\n")
+        after_stats = provenance.code_version(("medsoup.runs.store",)), provenance.code_version()
+        (copy / "core" / "train.py").write_text((copy / "core" / "train.py").read_text() + "\n# edited\n")
         provenance.code_version.cache_clear()
-        after_train = provenance.code_version(("medsoup.runs",))
+        after_train = provenance.code_version(("medsoup.runs.store",))
     finally:
         provenance.code_version.cache_clear()
     assert after_stats[0] == before[0] and after_stats[1] != before[1]
@@ -130,7 +134,7 @@ def test_run_stores_result_and_reuses_it(monkeypatch, run_cache):
     assert {"result.json", "config.json", "model.safetensors", "model.json"} <= names
     assert not any(name.startswith("resume") for name in names)
     assert len(first.history) == 3 and 1 <= first.best_epoch <= 3
-    assert json.loads((first.path / "result.json").read_text())["code_version"] == provenance.code_version(("medsoup.runs",))
+    assert json.loads((first.path / "result.json").read_text())["code_version"] == provenance.code_version(("medsoup.runs.store",))
     monkeypatch.setattr(runs, "fit", lambda *a, **k: pytest.fail("a cached run must not train again"))
     again = runs.run(CONFIG, progress=False)
     assert again.key == first.key and _same(first, again)

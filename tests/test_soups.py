@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from medsoup import statedict as sd
-from medsoup.models import create_model
-from medsoup.soups import greedy_soup, hierarchical_soup, state_scorer, uniform_soup
+from medsoup.core.models import create_model
+from medsoup.merging import statedict as sd
+from medsoup.merging.soups import greedy_soup, hierarchical_soup, state_scorer, uniform_soup
 from tests.conftest import tiny
 
 TARGET = torch.tensor([1.0, -2.0, 0.5, 3.0])

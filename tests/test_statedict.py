@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medsoup import statedict as sd
-from medsoup.models import create_model
+from medsoup.core.models import create_model
+from medsoup.merging import statedict as sd
 
 
 def _model_state(seed: int) -> dict[str, torch.Tensor]:

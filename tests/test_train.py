@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from medsoup import checkpoint as ckpt
-from medsoup import train
-from medsoup.models import create_model
+from medsoup.core import checkpoint as ckpt
+from medsoup.core import train
+from medsoup.core.models import create_model
 from tests.conftest import TINY_TRAIN, StopAfter, tiny
 
 

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from medsoup.figures import figure
-from medsoup.landscape import Landscape, LMCCurve
+from medsoup.merging.landscape import Landscape, LMCCurve
 
 
 def landscape_panel(ax, scape: Landscape, metric: str = "acc", labels: Sequence[str] = ("1", "2", "3"),

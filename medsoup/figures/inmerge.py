@@ -11,7 +11,7 @@ import seaborn as sns
 import torch
 
 from medsoup.figures import figure
-from medsoup.kernels import kernel_mosaic
+from medsoup.merging.kernels import kernel_mosaic
 
 
 def kernel_pairs(weight: torch.Tensor, pairs: Sequence[tuple[int, int, float]], max_channels: int = 16):
@@ -34,7 +34,7 @@ def kernel_pairs(weight: torch.Tensor, pairs: Sequence[tuple[int, int, float]], 
 def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: float, first_layer: int):
     """Per conv layer, the distribution of pairwise kernel similarities, one line per model.
 
-    ``sims``: model label -> layer name -> similarities (:func:`medsoup.kernels.layer_similarities`);
+    ``sims``: model label -> layer name -> similarities (:func:`medsoup.merging.kernels.layer_similarities`);
     layers at index ``>= first_layer`` (merged ones) are marked in the panel title.
     """
     labels = list(sims)
@@ -59,7 +59,7 @@ def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: 
 
 def comparison_bars(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = "dataset"):
     """Baseline and InMerge means with standard deviations per group of
-    :func:`medsoup.inmerge_runs.comparison` (labelled by the ``by`` columns), the paired difference
+    :func:`medsoup.chapters.inmerge.comparison` (labelled by the ``by`` columns), the paired difference
     written above each group."""
     rows = table[table["metric"] == metric].reset_index(drop=True)
     keys = (by,) if isinstance(by, str) else tuple(by)
@@ -85,7 +85,7 @@ def ablation_lines(table: pd.DataFrame, x: str, metric: str = "auc", hue: str | 
     """InMerge test ``metric`` (mean +- std over seeds) against setting ``x``, one line per ``hue``
     value, the baseline as a horizontal band; one panel per dataset unless ``ax`` is given.
 
-    ``table``: rows of :func:`medsoup.inmerge_runs.comparison` grouped by ``("dataset", x[, hue])``.
+    ``table``: rows of :func:`medsoup.chapters.inmerge.comparison` grouped by ``("dataset", x[, hue])``.
     """
     rows = table[table["metric"] == metric]
     datasets = list(dict.fromkeys(rows["dataset"]))

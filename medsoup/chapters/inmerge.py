@@ -2,7 +2,7 @@
 
 The protocol: a backbone run, then from it an InMerge fine-tuning run and a baseline run that
 continues training for the same number of epochs without merging (same seed, so the same batches).
-Every number comes from :func:`medsoup.runs.run` (cached); the method itself is :mod:`medsoup.inmerge`.
+Every number comes from :func:`medsoup.runs.store.run` (cached); the method itself is :mod:`medsoup.merging.inmerge`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medsoup.inmerge import check_params
-from medsoup.profiles import CPU_DATASETS
-from medsoup.stats import PairedDifference, paired_difference, summarise
-from medsoup.train import TrainConfig
+from medsoup.core.stats import PairedDifference, paired_difference, summarise
+from medsoup.core.train import TrainConfig
+from medsoup.merging.inmerge import check_params
+from medsoup.runs.profiles import CPU_DATASETS
 
 _SMOKE = dict(datasets=("breastmnist",), model="smallcnn", size=28, init=None, train_subset=192, seeds=(0, 1),
               backbone_epochs=2, merge_epochs=1, batch_size=64, optimizer="adamw", lr=1e-3, finetune_lr=1e-4,
@@ -58,8 +58,8 @@ def inmerge_params(s: dict, seed: int, **overrides) -> dict[str, Any]:
 
 
 def backbone_run(s: dict, dataset: str, seed: int, model: str | None = None):
-    """The backbone :class:`~medsoup.runs.RunConfig`: ``backbone_epochs`` of multi-step training."""
-    from medsoup.runs import RunConfig
+    """The backbone :class:`~medsoup.runs.store.RunConfig`: ``backbone_epochs`` of multi-step training."""
+    from medsoup.runs.store import RunConfig
 
     train = TrainConfig(epochs=s["backbone_epochs"], batch_size=s["batch_size"], optimizer=s["optimizer"],
                         lr=s["lr"], weight_decay=s["weight_decay"], augment=s["augment"], schedule="multistep",
@@ -93,7 +93,7 @@ def sweep(s: dict, variants: Mapping[str, dict], datasets: Sequence[str], seeds:
     record holds ``dataset``, ``seed``, ``setting`` (the label), the overrides, the ``baseline`` and
     ``inmerge`` test metrics, the mean ``merge_rate`` and the ``runs`` (RunResults).
     """
-    from medsoup.runs import run_key, run_many
+    from medsoup.runs.store import run_key, run_many
 
     jobs = [(d, seed, label, protocol(s, d, seed, model, **params))
             for d in datasets for seed in seeds for label, params in variants.items()]

@@ -4,7 +4,7 @@ Each chapter notebook writes ``results/<stem>/<profile>.json``; :func:`load_resu
 (None where a chapter has not run), :func:`long_rows` turns each chapter's own format into one
 long table (chapter, method, role, dataset, seed, test metrics), :func:`common_grid` finds the
 datasets and seeds every present chapter ran, and :func:`paired_rows` compares each method with
-its own baseline over the same seeds (:func:`medsoup.stats.paired_difference`).
+its own baseline over the same seeds (:func:`medsoup.core.stats.paired_difference`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from typing import Any
 
 import pandas as pd
 
-from medsoup.stats import PairedDifference, paired_difference, summarise
+from medsoup.core.metrics import METRICS
+from medsoup.core.stats import PairedDifference, paired_difference, summarise
 
 #: Chapter name -> the notebook stem whose results file it reads.
 CHAPTERS = {"InMerge": "10_inmerge", "FissionFusion": "20_fissionfusion", "MedMerge": "30_medmerge"}
-METRICS = ("acc", "auc", "f1")
+#: The metrics every chapter reports (recall is not recorded by all of them).
+COMPARED_METRICS = tuple(m for m in METRICS if m != "recall")
 #: (chapter, method, baseline it is compared with): each paper's own claim.
 PAIRS = (("InMerge", "InMerge", "fine-tuning, no merging"),
          ("FissionFusion", "GoG", "Greedy soup"), ("FissionFusion", "GoG", "GS(best)"),
@@ -39,7 +41,7 @@ def load_results(profile: str, root: str | Path = "results") -> dict[str, dict |
 
 def _row(chapter: str, method: str, role: str, dataset: str, seed: int, metrics: dict) -> dict[str, Any]:
     return {"chapter": chapter, "method": method, "role": role, "dataset": dataset, "seed": int(seed),
-            **{m: float(metrics[m]) for m in METRICS if m in metrics}}
+            **{m: float(metrics[m]) for m in COMPARED_METRICS if m in metrics}}
 
 
 def long_rows(results: dict[str, dict | None]) -> pd.DataFrame:
@@ -70,7 +72,7 @@ def long_rows(results: dict[str, dict | None]) -> pd.DataFrame:
         else:
             method, role = f"{r['approach']} ({r['source']})", "baseline"
         rows.append(_row("MedMerge", method, role, r["target"], r["seed"], r))
-    return pd.DataFrame(rows, columns=["chapter", "method", "role", "dataset", "seed", *METRICS])
+    return pd.DataFrame(rows, columns=["chapter", "method", "role", "dataset", "seed", *COMPARED_METRICS])
 
 
 def common_grid(rows: pd.DataFrame) -> tuple[list[str], list[int]]:
@@ -100,7 +102,7 @@ def summary_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def paired_rows(rows: pd.DataFrame, metric: str, pairs=PAIRS) -> pd.DataFrame:
     """Per dataset, each method minus its baseline over the seeds both ran (positive: the method
-    is better), as :meth:`~medsoup.stats.PairedDifference.columns` (``outcome``: better, worse, ...)."""
+    is better), as :meth:`~medsoup.core.stats.PairedDifference.columns` (``outcome``: better, worse, ...)."""
     out = []
     for chapter, method, baseline in pairs:
         for dataset in sorted(rows["dataset"].unique()):
@@ -146,7 +148,7 @@ def cost_table(results: dict[str, dict | None]) -> pd.DataFrame:
                              "note": f"the {zoo} zoo (mean over dataset x seed)"})
     mm = results.get("MedMerge")
     if mm:
-        from medsoup.medmerge_runs import MEDMERGE
+        from medsoup.chapters.medmerge import MEDMERGE
 
         s = MEDMERGE[mm["profile"]]
         rows += [{"chapter": "MedMerge", "method": "FT (source b)", "epochs": s["ft_epochs"], "models trained": 1,

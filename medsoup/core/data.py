@@ -3,7 +3,7 @@
 Everything about a dataset (task, labels, channels, split sizes, URLs, MD5s) is read from
 ``medmnist.INFO``; nothing is retyped here. A split is one ``uint8`` tensor resident on the
 device; batches are sliced from it and normalised/augmented as tensors (see
-:mod:`medsoup.augment`), so the training loop never touches PIL or DataLoader workers.
+:mod:`medsoup.core.augment`), so the training loop never touches PIL or DataLoader workers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from medmnist import INFO
 
-from medsoup.augment import augment_batch, normalise
+from medsoup.core.augment import augment_batch, normalise
+from medsoup.core.paths import project_folder
 
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
@@ -53,10 +54,9 @@ def task_of(name: str) -> str:
             "multi-label, binary-class": "multi-label", "ordinal-regression": "ordinal"}[task]
 
 
-#: ``data/`` of the checkout medsoup is imported from (so notebooks find it from any folder),
-#: or ``./data`` for an installed package.
-DEFAULT_ROOT = (Path(__file__).resolve().parents[1] / "data"
-                if (Path(__file__).resolve().parents[1] / "data").is_dir() else Path("data"))
+#: ``data/`` of the checkout medsoup is used from (so notebooks find it from any folder), or
+#: ``./data`` for an installed package used outside a checkout.
+DEFAULT_ROOT = project_folder("data")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medsoup.data import MedData, Split
+from medsoup.core.data import MedData, Split
 
 SEVERITIES: dict[str, tuple[float, ...]] = {
     "gaussian_noise": (0.04, 0.08, 0.12, 0.16, 0.20),   # std of additive noise

@@ -13,9 +13,9 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from medsoup.bn import evaluate_state, train_images
-from medsoup.data import MedData
-from medsoup.statedict import StateDict, average
+from medsoup.core.bn import evaluate_state, train_images
+from medsoup.core.data import MedData
+from medsoup.merging.statedict import StateDict, average
 
 ScoreFn = Callable[[StateDict], float]
 LOCAL = ("uniform", "greedy")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LEVELS = ("none", "minimal", "medium", "heavy")
+AUGMENT_LEVELS = ("none", "minimal", "medium", "heavy")
 
 
 def normalise(images: torch.Tensor, in_chans: int | None = None) -> torch.Tensor:
@@ -81,7 +81,7 @@ def random_erase(x: torch.Tensor, max_fraction: float, generator: torch.Generato
 
 
 def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply augmentation ``level`` (one of :data:`LEVELS`) to a normalised float batch."""
+    """Apply augmentation ``level`` (one of :data:`AUGMENT_LEVELS`) to a normalised float batch."""
     side = x.shape[-1]
     if level == "none":
         return x
@@ -92,4 +92,4 @@ def augment_batch(x: torch.Tensor, level: str, generator: torch.Generator | None
     if level == "heavy":
         x = random_translate(random_flip(x, generator), max(1, side // 8), generator)
         return random_erase(jitter(x, 0.2, generator), 0.4, generator)
-    raise ValueError(f"unknown augmentation level {level!r}; valid levels: {LEVELS}")
+    raise ValueError(f"unknown augmentation level {level!r}; valid levels: {AUGMENT_LEVELS}")

@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from medsoup.checkpoint import load_checkpoint, load_state_into
+from medsoup.core.checkpoint import load_checkpoint, load_state_into
 
 FAMILIES = ("smallcnn", "vgg", "resnet", "densenet", "deit")
 

@@ -5,22 +5,22 @@ Every point evaluated is an affine combination ``sum_k c_k * theta_k`` of a few 
 endpoints; three models; a centre and two directions), so one :class:`StateMixer` serves all
 three: it stacks the states' float entries once as a (K, P) matrix and writes ``c @ M`` into a
 single reused model, whose BatchNorm statistics are then optionally recomputed on the training
-data (:func:`medsoup.bn.recalibrate_bn`). No deep copies, no per-point state-dict arithmetic.
+data (:func:`medsoup.core.bn.recalibrate_bn`). No deep copies, no per-point state-dict arithmetic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from medsoup.bn import recalibrate_bn, train_images
-from medsoup.data import MedData
-from medsoup.statedict import StateDict, check_compatible, is_float
-from medsoup.train import evaluate
+from medsoup.core.bn import recalibrate_bn, train_images
+from medsoup.core.data import MedData
+from medsoup.core.train import evaluate
+from medsoup.merging.statedict import StateDict, check_compatible, is_float
 
 
 class StateMixer:

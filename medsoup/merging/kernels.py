@@ -3,7 +3,7 @@
 A convolution weight of shape ``(n, c_in, kh, kw)`` holds ``n`` kernels ``K_i``; In-Model
 Merging (Wang et al., InMerge) compares them through ``sim(k_i, k_j) = k_i^T k_j / (|k_i| |k_j|)``
 with ``k_i = vec(K_i)`` (Eq. (1)-(2)). These helpers compute that similarity for whole layers,
-for the chapter's figures and for the tests of :mod:`medsoup.inmerge`.
+for the chapter's figures and for the tests of :mod:`medsoup.merging.inmerge`.
 """
 
 from __future__ import annotations

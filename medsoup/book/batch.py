@@ -1,6 +1,6 @@
 """Batch reruns: one notebook over a grid of parameters, and a summary table of what each run glued.
 
-    python -m medsoup.batch notebooks/00_quickstart.ipynb -p dataset breastmnist retinamnist \\
+    python -m medsoup.book.batch notebooks/00_quickstart.ipynb -p dataset breastmnist retinamnist \\
         -p seed 0 1 --profile smoke [--workers N | --dask-scheduler ADDRESS]
 
 :func:`run_batch` expands ``grid`` (``{parameter: [values]}``) into its cartesian product and runs
@@ -20,7 +20,7 @@ executed notebook's outputs, where glue stores them as ``application/papermill.r
 ``metadata.scrapbook.name``). Run caches (``MEDSOUP_RUNS``) are shared, so runs a grid point has in
 common with an earlier job are loaded, not retrained.
 
-Jobs go to ``executor.submit`` like :func:`medsoup.runs.run_many`: sequential by default, any
+Jobs go to ``executor.submit`` like :func:`medsoup.runs.store.run_many`: sequential by default, any
 ``concurrent.futures.Executor`` of processes, or a ``dask.distributed.Client`` for a cluster (whose
 workers see the same file system). Not threads: papermill changes the process's working directory
 while it runs a notebook.
@@ -32,7 +32,6 @@ import argparse
 import ast
 import csv
 import itertools
-import json
 import os
 import re
 import sys
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsoup.book import NotebookExecutionError, notebook_stamp, parse_value, repo_root, run_papermill
+from medsoup.book.build import NotebookExecutionError, notebook_stamp, parse_value, repo_root, run_papermill
 
 GLUE_PREFIX = "application/papermill.record/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -210,7 +209,7 @@ def run_batch(notebook: str | os.PathLike, grid: Mapping[str, Sequence[Any]], ex
 
 def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``summary.csv`` and ``summary.md`` in ``out_dir``: the union of the rows' columns, in order."""
-    from medsoup.checkpoint import atomic_write_text
+    from medsoup.core.checkpoint import atomic_write_text
 
     columns = list(dict.fromkeys(key for row in rows for key in row))
     out = Path(out_dir)
@@ -234,7 +233,7 @@ def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medsoup.batch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m medsoup.book.batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebook", help="source notebook, e.g. notebooks/00_quickstart.ipynb")
     parser.add_argument("-p", "--parameter", nargs="+", action="append", default=[], metavar="KEY VALUE",
                         help="a grid parameter and its values (JSON where it parses): -p seed 0 1 2")
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     base = {} if "profile" in grid else {"profile": args.profile}
     base.update({k: parse_value(v) for k, v in args.set})
     if base.get("profile") == "auto":
-        from medsoup.profiles import resolve_profile
+        from medsoup.runs.profiles import resolve_profile
 
         base["profile"] = resolve_profile("auto")
 

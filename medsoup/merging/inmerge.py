@@ -20,13 +20,13 @@ Choices the paper leaves open, and what its public code got wrong (REFERENCE.md 
   paper's VGG16 (L_s 10 of 13) and ResNet34 (30 of 36, the last stage but its first conv)
   choices: smallcnn 4 (of 6), VGG11 6 (of 8), ResNet18 15 (of 20); VGG19's 10 also merges the
   last two convs of stage 4.
-* Merging is a :class:`~medsoup.train.Callback` acting after the optimiser step; evaluation never
+* Merging is a :class:`~medsoup.core.train.Callback` acting after the optimiser step; evaluation never
   calls it, so validation and test leave the weights unchanged (the public code merged in
   evaluation too). The optimiser's moment estimates are left as they are.
 * One vectorised pass per layer, no ``.item()``: merge counts stay tensors until the epoch ends.
 * ``dissimilar=True`` merges pairs with ``sim < tau`` instead: the paper's "Dissimilar" ablation.
 
-The chapter's settings, protocol and result tables are in :mod:`medsoup.inmerge_runs`.
+The chapter's settings, protocol and result tables are in :mod:`medsoup.chapters.inmerge`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medsoup.models import conv_layers
-from medsoup.train import Callback
+from medsoup.core.models import conv_layers
+from medsoup.core.train import Callback
 
 Layers = Sequence[tuple[str, nn.Conv2d]]
 #: Module-name prefixes of convolutions that are fully connected classifier layers (timm VGG).

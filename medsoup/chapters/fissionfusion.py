@@ -2,7 +2,7 @@
 appendix ablation, in-distribution and on corrupted test sets.
 
 One call per (dataset, seed): :func:`generate_zoo` (cached, resumable runs through
-:mod:`medsoup.runs`, any executor), :func:`soup_methods` (each method's state and metrics),
+:mod:`medsoup.runs.store`, any executor), :func:`soup_methods` (each method's state and metrics),
 :func:`ood_metrics`. Without recalibration every state is evaluated with the BatchNorm statistics
 it carries (averaged ones for soups, as the paper's code); with it, every state evaluated
 (candidates, soups and single models alike) first gets its statistics recomputed on the clean
@@ -15,17 +15,110 @@ from dataclasses import dataclass
 
 import torch
 
-from medsoup import fgg
-from medsoup.bn import evaluate_state, train_images
-from medsoup.corruptions import corrupted
-from medsoup.data import MedData
-from medsoup.runs import RunResult, run, run_many
-from medsoup.soups import greedy_soup, hierarchical_soup, state_scorer, uniform_soup
-from medsoup.stats import paired_difference, summarise
+from medsoup.core.bn import evaluate_state, train_images
+from medsoup.core.corruptions import corrupted
+from medsoup.core.data import MedData
+from medsoup.core.stats import paired_difference, summarise
+from medsoup.core.train import TrainConfig
+from medsoup.merging.fgg import fgg_epochs
+from medsoup.merging.soups import greedy_soup, hierarchical_soup, state_scorer, uniform_soup
+from medsoup.runs.profiles import CPU_DATASETS
+from medsoup.runs.store import RunConfig, RunResult, run, run_many
+
+#: The metric each dataset is selected and reported by, after the paper's analogue (APTOS: F1,
+#: RSNA Pneumonia: F1); BreastMNIST uses AUC, its 78 validation images make F1 very coarse.
+METRIC = {"retinamnist": "f1", "pneumoniamnist": "f1", "breastmnist": "auc"}
+#: The dataset the stand-in "pre-trained" model is trained on, for each target dataset.
+SOURCE = {"breastmnist": "pneumoniamnist", "retinamnist": "pneumoniamnist", "pneumoniamnist": "retinamnist"}
+
+FISSIONFUSION: dict[str, dict] = {
+    "smoke": dict(datasets=("breastmnist",), seeds=(0,), grid_seeds=2, model="smallcnn", size=28,
+                  train_subset=128, source_subset=512, pretrain_epochs=1, lp_epochs=1, lp_lr=1e-3,
+                  epochs=2, lrs=(1e-3, 1e-4), augments=("medium", "heavy"), batch_size=64,
+                  weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=2, fgg_cycle_epochs=2.0,
+                  fgg_lr_max=1e-4, fgg_lr_min=1e-7, corruptions=("gaussian_noise", "contrast_down"),
+                  severity=3, grid_points=5, lmc_points=5, bn_images=512),
+    "cpu": dict(datasets=CPU_DATASETS, seeds=(0, 1, 2), grid_seeds=2, model="smallcnn", size=28,
+                train_subset=1000, source_subset=2000, pretrain_epochs=8, lp_epochs=3, lp_lr=1e-3,
+                epochs=6, lrs=(3e-3, 1e-3, 3e-4, 1e-4), augments=("medium", "heavy"),
+                batch_size=128, weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=5,
+                fgg_cycle_epochs=1.0, fgg_lr_max=1e-4, fgg_lr_min=1e-7,
+                corruptions=("gaussian_noise", "speckle_noise", "gaussian_blur", "brightness_down",
+                             "contrast_down", "pixelate"),
+                severity=3, grid_points=11, lmc_points=11, bn_images=1024),
+    "paper": dict(datasets=CPU_DATASETS, seeds=(0, 1, 2), grid_seeds=2, model="resnet50", size=224,
+                  train_subset=None, source_subset=None, pretrain_epochs=0, lp_epochs=10, lp_lr=1e-3,
+                  epochs=50, lrs=(1e-3, 5e-4, 1e-4, 5e-5, 1e-5, 5e-6, 1e-6, 1e-7),
+                  augments=("minimal", "medium", "heavy"), batch_size=128, weight_decay=1e-4,
+                  fgg_augment="heavy", fgg_snapshots=5, fgg_cycle_epochs=4.0, fgg_lr_max=1e-5,
+                  fgg_lr_min=1e-8,
+                  corruptions=("gaussian_noise", "speckle_noise", "gaussian_blur", "brightness_down",
+                               "contrast_down", "pixelate"),
+                  severity=3, grid_points=21, lmc_points=21, bn_images=None),
+}
+
 
 #: Table 1's rows, then the appendix ablation's (A1).
 METHODS = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)", "GoU", "GoG")
 ABLATION = ("GS+HS(GoU)", "GS+HS(GoG)", "FGG+Uniform", "FGG+Greedy")
+
+
+def _train(s: dict, dataset: str, **changes) -> TrainConfig:
+    base = dict(epochs=s["epochs"], batch_size=s["batch_size"], optimizer="adamw", weight_decay=s["weight_decay"],
+                schedule="cosine", select_metric=METRIC.get(dataset, "auc"))
+    return TrainConfig(**{**base, **changes})
+
+
+def pretrain_run(s: dict, dataset: str) -> RunConfig | str:
+    """The stand-in pre-trained model: trained from scratch on ``SOURCE[dataset]`` (cpu/smoke), or
+    ``"imagenet"`` when the profile's ``pretrain_epochs`` is 0 (paper)."""
+    if s["pretrain_epochs"] == 0:
+        return "imagenet"
+    source = SOURCE[dataset]
+    train = _train(s, source, epochs=s["pretrain_epochs"], lr=1e-3, augment="medium", schedule="multistep",
+                   select_metric="auc", seed=0)
+    return RunConfig(dataset=source, size=s["size"], model=s["model"], train=train, train_subset=s["source_subset"])
+
+
+def warmup_run(s: dict, dataset: str, seed: int) -> RunConfig:
+    """theta_0: linear probing (head only, BatchNorm frozen) on top of the pre-trained model."""
+    train = _train(s, dataset, epochs=s["lp_epochs"], lr=s["lp_lr"], linear_probe=True, bn_trainable=False,
+                   augment="none", seed=seed)
+    return RunConfig(dataset=dataset, size=s["size"], model=s["model"], init=pretrain_run(s, dataset),
+                     train=train, train_subset=s["train_subset"])
+
+
+def grid_run(s: dict, dataset: str, seed: int, lr: float, augment: str, replicate: int) -> RunConfig:
+    """One grid-search model: full fine-tuning from theta_0 (AdamW, cosine)."""
+    return warmup_run(s, dataset, seed).replace(
+        init=warmup_run(s, dataset, seed),
+        train=_train(s, dataset, lr=lr, augment=augment, seed=seed * s["grid_seeds"] + replicate))
+
+
+def grid_runs(s: dict, dataset: str, seed: int) -> list[RunConfig]:
+    """The grid search of model soups: learning rates x augmentations x ``grid_seeds`` seeds."""
+    return [grid_run(s, dataset, seed, lr, augment, r)
+            for lr in s["lrs"] for augment in s["augments"] for r in range(s["grid_seeds"])]
+
+
+def base_runs(s: dict, dataset: str, seed: int) -> list[RunConfig]:
+    """FGG's theta_t: one model per learning rate, ``fgg_augment`` and one seed (these are also
+    grid-search models when ``fgg_augment`` is in the grid, and then come from the run cache)."""
+    return [grid_run(s, dataset, seed, lr, s["fgg_augment"], 0) for lr in s["lrs"]]
+
+
+def fgg_run(s: dict, base: RunConfig) -> RunConfig:
+    """The fission stage from one base model: cyclical rate between ``fgg_lr_max`` (alpha_1) and
+    ``fgg_lr_min`` (alpha_2), snapshots at its minima, the last iterate kept (no best-epoch restore)."""
+    cycle = s["fgg_cycle_epochs"]
+    train = base.train.replace(epochs=fgg_epochs(s["fgg_snapshots"], cycle), schedule="cyclical",
+                               lr=s["fgg_lr_max"], min_lr=s["fgg_lr_min"], cycle_epochs=cycle,
+                               augment=s["fgg_augment"], restore_best=False)
+    return base.replace(init=base, train=train, callbacks=(("cycle_snapshots", {"cycle_epochs": cycle}),))
+
+
+def fgg_runs(s: dict, dataset: str, seed: int) -> list[RunConfig]:
+    return [fgg_run(s, base) for base in base_runs(s, dataset, seed)]
 
 
 @dataclass
@@ -74,10 +167,10 @@ class Zoo:
 def generate_zoo(s: dict, dataset: str, seed: int, executor=None, progress: bool = False) -> Zoo:
     """Train (or load from the run cache) every model of one dataset and seed. The shared warm-up
     theta_0 is trained first, so parallel workers never train it twice."""
-    run(fgg.warmup_run(s, dataset, seed), progress=progress)
-    grid = run_many(fgg.grid_runs(s, dataset, seed), executor, progress=progress)
-    base = run_many(fgg.base_runs(s, dataset, seed), executor, progress=progress)
-    fission = run_many(fgg.fgg_runs(s, dataset, seed), executor, progress=progress)
+    run(warmup_run(s, dataset, seed), progress=progress)
+    grid = run_many(grid_runs(s, dataset, seed), executor, progress=progress)
+    base = run_many(base_runs(s, dataset, seed), executor, progress=progress)
+    fission = run_many(fgg_runs(s, dataset, seed), executor, progress=progress)
     return Zoo(dataset, seed, tuple(s["lrs"]), s["grid_seeds"], grid, base, fission)
 
 

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from medsoup import checkpoint as ckpt
-from medsoup.augment import LEVELS
-from medsoup.data import MedData
-from medsoup.metrics import METRICS, compute_metrics
-from medsoup.schedules import SCHEDULES, make_schedule
+from medsoup.core import checkpoint as ckpt
+from medsoup.core.augment import AUGMENT_LEVELS
+from medsoup.core.data import MedData
+from medsoup.core.metrics import METRICS, compute_metrics
+from medsoup.core.schedules import SCHEDULES, make_schedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -64,7 +64,7 @@ class TrainConfig:
     def __post_init__(self):
         for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
                                    ("schedule", self.schedule, SCHEDULES),
-                                   ("augment", self.augment, LEVELS),
+                                   ("augment", self.augment, AUGMENT_LEVELS),
                                    ("select_metric", self.select_metric, METRICS + ("loss",))):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
@@ -162,7 +162,7 @@ def predict(model: nn.Module, data: MedData, split: str, batch_size: int = 512) 
 
 
 def evaluate(model: nn.Module, data: MedData, split: str = "val", batch_size: int = 512) -> dict:
-    """Loss and :data:`~medsoup.metrics.METRICS` of ``model`` on ``split``."""
+    """Loss and :data:`~medsoup.core.metrics.METRICS` of ``model`` on ``split``."""
     logits, targets = predict(model, data, split, batch_size)
     metrics = compute_metrics(data.task, targets, logits)
     metrics["loss"] = float(loss_fn(data, logits, targets))

@@ -21,30 +21,29 @@ Choices the paper leaves open, fixed here and compared in the ablations:
 * ``level="kernel"`` (the paper) or ``"parameter"`` (one ``w`` per weight entry, the variant the
   paper reports as no better); a convolution's bias, where present, belongs to its kernel;
 * BatchNorm's ``num_batches_tracked`` is the maximum of the two sources (as in
-  :func:`medsoup.statedict.average`);
+  :func:`medsoup.merging.statedict.average`);
 * "merging with zeros" (Fig. 4) uses a copy of source ``b`` whose convolution kernels are zero
   and whose BatchNorm is ``b``'s (:func:`zeroed_kernels`), so only the kernels differ.
 
-The chapter's runs (sources, FT, LP-FT, MedMerge LP -> FT) and tables are in :mod:`medsoup.medmerge_runs`.
+The run layer builds a :class:`MedMergeModel` from two sources through
+:class:`medsoup.runs.builders.MedMergeBuilder`; the chapter's runs (sources, FT, LP-FT, MedMerge LP -> FT)
+and tables are in :mod:`medsoup.chapters.medmerge`.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from medsoup.checkpoint import load_checkpoint, load_state_into
-from medsoup.models import classifier_keys, conv_layers, create_model
-from medsoup.statedict import average
+from medsoup.core.checkpoint import load_state_into
+from medsoup.core.models import classifier_keys, conv_layers, create_model
+from medsoup.merging.statedict import StateDict, average
 
-StateDict = Mapping[str, torch.Tensor]
 PARAMETRISATIONS = ("sigmoid", "clamp")
-LEVELS = ("kernel", "parameter")
+MERGE_LEVELS = ("kernel", "parameter")
 
 
 class IncompatibleSourcesError(ValueError):
@@ -71,7 +70,7 @@ def check_pair(state_b: StateDict, state_c: StateDict, ignore: tuple[str, ...] =
                                            "(different architectures?)")
 
 
-def merge_kernels(w: torch.Tensor, k_b: torch.Tensor, k_c: torch.Tensor) -> torch.Tensor:
+def mix_kernels(w: torch.Tensor, k_b: torch.Tensor, k_c: torch.Tensor) -> torch.Tensor:
     """MedMerge's merged kernels (Sec. 2): ``theta_Kj = w_j theta_Kj(b) + (1 - w_j) theta_Kj(c)``.
 
     ``w`` has one value per output channel (shape ``(k_b.shape[0],)``: kernel level) or the shape
@@ -123,7 +122,7 @@ class MedMergeModel(nn.Module):
 
     ``template`` is a freshly built model of the architecture (its head is the new linear head);
     its convolution weights are replaced by the merged kernels at every forward. ``architecture``
-    (``name, num_classes, in_chans, img_size`` for :func:`~medsoup.models.create_model`) is what
+    (``name, num_classes, in_chans, img_size`` for :func:`~medsoup.core.models.create_model`) is what
     :func:`bake` builds. Parameters: ``w`` (raw values, 0 = equal merge), BatchNorm (trainable
     unless ``bn_trainable=False``, in which case it also stays in eval mode) and the head. The
     source kernels are non-persistent buffers: they move with ``.to()`` but are not trained,
@@ -133,8 +132,8 @@ class MedMergeModel(nn.Module):
     def __init__(self, template: nn.Module, state_b: StateDict, state_c: StateDict, architecture: dict,
                  level: str = "kernel", parametrisation: str = "sigmoid", bn_trainable: bool = True):
         super().__init__()
-        if level not in LEVELS:
-            raise ValueError(f"unknown level {level!r}; valid: {', '.join(LEVELS)}")
+        if level not in MERGE_LEVELS:
+            raise ValueError(f"unknown level {level!r}; valid: {', '.join(MERGE_LEVELS)}")
         check_parametrisation(parametrisation)
         head = classifier_keys(template)
         own = template.state_dict()
@@ -191,7 +190,7 @@ class MedMergeModel(nn.Module):
     def merged_tensors(self) -> dict[str, torch.Tensor]:
         """The merged kernel (and bias) of every convolution, differentiable in ``w``."""
         ws = [weight_values(raw, self.parametrisation) for raw in self.w]
-        return {key: merge_kernels(ws[w_index], getattr(self, f"source_b_{i}"), getattr(self, f"source_c_{i}"))
+        return {key: mix_kernels(ws[w_index], getattr(self, f"source_b_{i}"), getattr(self, f"source_c_{i}"))
                 for i, (key, w_index) in enumerate(zip(self._keys, self._w_index()))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,68 +242,3 @@ def recover_weights(merged: StateDict, state_b: StateDict, state_c: StateDict,
         w = ((flat[0] - flat[2]) * diff).sum(dim=1) / norm
         out[name] = torch.where(norm > 0, w, torch.full_like(w, float("nan"))).float()
     return out
-
-
-def source_state(spec: Any, architecture: dict, cache: str | os.PathLike | None = None,
-                 like: StateDict | None = None) -> dict[str, torch.Tensor]:
-    """The state dict of one source: a :class:`~medsoup.runs.RunConfig` (trained if not cached),
-    ``"imagenet"``, ``"zeros"`` (``like`` with its kernels zeroed) or a checkpoint path."""
-    from medsoup.runs import RunConfig, run
-
-    if isinstance(spec, RunConfig):
-        return run(spec, cache, progress=False).load_state()
-    if spec == "imagenet":
-        arch = architecture
-        return create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"],
-                            pretrained="imagenet").state_dict()
-    if spec == "zeros":
-        if like is None:
-            raise ValueError("source_c='zeros' needs source_b (its kernels are zeroed)")
-        arch = architecture
-        template = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
-        return zeroed_kernels(like, [k for group in merged_keys(template).values() for k in group])
-    if isinstance(spec, (str, Path)):
-        return load_checkpoint(spec)[0]
-    raise ValueError(f"unknown MedMerge source {spec!r}: give a RunConfig, 'imagenet', 'zeros' or a checkpoint path")
-
-
-def _source_spec(spec: Any) -> Any:
-    """A source as given in ``builder_params``; a RunConfig stored as a dict (e.g. read back from
-    a run's config.json) is rebuilt."""
-    from medsoup.runs import RunConfig
-
-    return RunConfig.from_dict(spec) if isinstance(spec, dict) else spec
-
-
-class MedMergeBuilder:
-    """The run layer's ``"medmerge"`` builder (see :data:`medsoup.runs.BUILDERS`).
-
-    ``builder_params``: ``source_b`` and ``source_c`` (a RunConfig, "imagenet", a checkpoint path;
-    ``source_c`` may be "zeros"), and optionally ``level`` ("kernel"), ``parametrisation``
-    ("sigmoid") and ``bn_trainable`` (True). Train the LP stage with ``linear_probe=False``: the
-    model itself decides which tensors are trainable.
-    """
-
-    OPTIONS = ("source_b", "source_c", "level", "parametrisation", "bn_trainable")
-
-    @staticmethod
-    def build(config, data, cache=None) -> MedMergeModel:
-        params = dict(config.builder_params)
-        unknown = sorted(set(params) - set(MedMergeBuilder.OPTIONS))
-        missing = [k for k in ("source_b", "source_c") if k not in params]
-        if unknown or missing:
-            raise ValueError(f"medmerge builder_params: unknown {unknown}, missing {missing}; "
-                             f"valid: {', '.join(MedMergeBuilder.OPTIONS)}")
-        arch = {"name": config.model, "num_classes": data.num_classes, "in_chans": config.in_chans,
-                "img_size": config.size}
-        state_b = source_state(_source_spec(params["source_b"]), arch, cache)
-        state_c = source_state(_source_spec(params["source_c"]), arch, cache, like=state_b)
-        torch.manual_seed(config.train.seed)  # the new head does not depend on whether sources were cached
-        template = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
-        return MedMergeModel(template, state_b, state_c, arch, level=params.get("level", "kernel"),
-                             parametrisation=params.get("parametrisation", "sigmoid"),
-                             bn_trainable=params.get("bn_trainable", True))
-
-    @staticmethod
-    def export(model: MedMergeModel, config, data) -> tuple[nn.Module, dict]:
-        return bake(model), dict(model.architecture)

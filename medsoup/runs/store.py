@@ -7,7 +7,7 @@ hashes the config and the code version of the modules that run it (:func:`run_mo
 * ``result.json``: config, history, best epoch, validation/test metrics, wall time, versions;
 * ``model.safetensors`` + ``model.json``: the final (best-epoch) weights and their architecture;
 * ``artifacts/<name>.safetensors``: what callbacks collected (e.g. FGG snapshots);
-* ``resume.*`` while training: the state :func:`~medsoup.train.fit` resumes from.
+* ``resume.*`` while training: the state :func:`~medsoup.core.train.fit` resumes from.
 
 A finished run is loaded, an interrupted one resumed, a new one trained. :func:`run_many` sends
 many runs to any ``concurrent.futures.Executor``-like object with ``submit`` (a process pool, a
@@ -30,23 +30,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from medsoup import checkpoint as ckpt
-from medsoup.data import MedData, check_dataset, load_dataset
-from medsoup.models import create_model, family_of
-from medsoup.provenance import code_version, machine, package_versions
-from medsoup.train import Callback, TrainConfig, checked_fields, fit, resolve_device
+from medsoup.core import checkpoint as ckpt
+from medsoup.core.data import MedData, check_dataset, load_dataset
+from medsoup.core.paths import project_folder
+from medsoup.core.models import create_model, family_of
+from medsoup.runs.provenance import code_version, machine, package_versions
+from medsoup.core.train import Callback, TrainConfig, checked_fields, fit, resolve_device
 
 RUNS_ENV = "MEDSOUP_RUNS"
 
 #: In-training callbacks by name, as "module:attribute", imported when first used.
 CALLBACKS: dict[str, str] = {
-    "inmerge": "medsoup.inmerge:InMerge",
-    "cycle_snapshots": "medsoup.fgg:CycleSnapshots",
+    "inmerge": "medsoup.merging.inmerge:InMerge",
+    "cycle_snapshots": "medsoup.merging.fgg:CycleSnapshots",
 }
 #: Model builders other than ``create_model``, as "module:attribute"; each is an object with
 #: ``build(config, data, cache) -> nn.Module`` and ``export(model, config, data) -> (nn.Module, dict)``.
 BUILDERS: dict[str, str] = {
-    "medmerge": "medsoup.medmerge:MedMergeBuilder",
+    "medmerge": "medsoup.runs.builders:MedMergeBuilder",
 }
 
 
@@ -103,7 +104,7 @@ class RunConfig:
 def run_modules(config: RunConfig) -> tuple[str, ...]:
     """The medsoup modules whose sources can change the numbers of ``config``: the run layer, the
     config's callbacks and builder, and those of the run it starts from (imports follow from these)."""
-    modules = {"medsoup.runs"} | {CALLBACKS[name].split(":")[0] for name, _ in config.callbacks}
+    modules = {"medsoup.runs.store"} | {CALLBACKS[name].split(":")[0] for name, _ in config.callbacks}
     if config.builder != "create":
         modules.add(BUILDERS[config.builder].split(":")[0])
     if isinstance(config.init, RunConfig):
@@ -119,9 +120,8 @@ def run_key(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-#: ``runs/`` beside the checkout medsoup is imported from, or ``./runs`` for an installed package.
-DEFAULT_CACHE = (Path(__file__).resolve().parents[1] / "runs"
-                 if (Path(__file__).resolve().parents[1] / "pyproject.toml").exists() else Path("runs"))
+#: ``runs/`` of the checkout medsoup is used from, or ``./runs`` outside a checkout.
+DEFAULT_CACHE = project_folder("runs")
 
 
 def cache_root(cache: str | os.PathLike | None = None) -> Path:

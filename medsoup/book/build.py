@@ -22,7 +22,7 @@ Build: ``jupyter-book build <root> -W -n --keep-going --all``: every page is reb
 warning is hidden by Sphinx's incremental cache, and any warning fails the build.
 
 Only the standard library is imported at module level, so ``build`` starts fast; papermill and
-:mod:`medsoup.profiles` (torch) are imported when executing.
+:mod:`medsoup.runs.profiles` (torch) are imported when executing.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from medsoup.core.paths import project_root
+
 EXECUTED_DIR = "book/executed"
 STAMP_SUFFIX = ".stamp"
 TIMINGS_DIR = "timings"
@@ -52,10 +54,10 @@ class NotebookExecutionError(RuntimeError):
 
 
 def repo_root() -> Path:
-    """The book's root: the repository holding this package (editable install) or the cwd."""
-    for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
-        if (candidate / "_config.yml").is_file() and (candidate / "notebooks").is_dir():
-            return candidate
+    """The book's root: the medsoup checkout in use (:func:`medsoup.core.paths.project_root`)."""
+    candidate = project_root()
+    if candidate is not None and (candidate / "_config.yml").is_file() and (candidate / "notebooks").is_dir():
+        return candidate
     raise FileNotFoundError(
         "cannot find the book root (a folder with _config.yml and notebooks/): install medsoup "
         "editable (`pip install -e .`) or run from the repository root"
@@ -105,8 +107,8 @@ def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str
 def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Path:
     """Add a notebook's execution time to ``results/timings/<profile>.json`` (the reproducibility
     page's wall times); machine and code version are recorded with it."""
-    from medsoup.checkpoint import atomic_write_text
-    from medsoup.provenance import code_version, machine
+    from medsoup.core.checkpoint import atomic_write_text
+    from medsoup.runs.provenance import code_version, machine
 
     path = root / "results" / TIMINGS_DIR / f"{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     Raises ``NotebookExecutionError`` on the first failing notebook; its partially executed copy
     stays in ``out_dir`` (without a stamp, so the next call runs it again).
     """
-    from medsoup.profiles import resolve_profile  # imports torch
+    from medsoup.runs.profiles import resolve_profile  # imports torch
 
     root = repo_root()
     sources = notebook_paths(only)

@@ -1,7 +1,7 @@
 """The MedMerge chapter's runs: sources, FT, LP-FT and MedMerge LP -> FT, and their tables.
 
-Every number comes from :func:`medsoup.runs.run` (cached). For each target dataset two sources
-are trained (or, in the ``paper`` profile, taken from ImageNet) with :func:`~medsoup.profiles.baseline_run`
+Every number comes from :func:`medsoup.runs.store.run` (cached). For each target dataset two sources
+are trained (or, in the ``paper`` profile, taken from ImageNet) with :func:`~medsoup.chapters.baselines.baseline_run`
 and then, per seed:
 
 * **FT**: fine-tune from one source (also from scratch, as a reference);
@@ -21,13 +21,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from medsoup.checkpoint import load_metadata
-from medsoup.medmerge import merged_keys, recover_weights, source_state
-from medsoup.models import conv_layers, create_model
-from medsoup.profiles import BASELINE, CPU_DATASETS, baseline_run
-from medsoup.runs import RunConfig, run, run_many
-from medsoup.stats import PairedDifference, paired_difference, summarise
-from medsoup.train import TrainConfig
+from medsoup.chapters.baselines import BASELINE, baseline_run
+from medsoup.core.checkpoint import load_metadata
+from medsoup.core.models import conv_layers, create_model
+from medsoup.core.stats import PairedDifference, paired_difference, summarise
+from medsoup.core.train import TrainConfig
+from medsoup.merging.medmerge import merged_keys, recover_weights
+from medsoup.runs.builders import source_state
+from medsoup.runs.profiles import CPU_DATASETS
+from medsoup.runs.store import RunConfig, run, run_many
 
 #: Sources per target: each target's sources are the two other offline datasets (cpu, smoke), or
 #: ImageNet plus the same-modality MedMNIST dataset as in the paper (ChestMNIST -> PneumoniaMNIST).
@@ -154,7 +156,7 @@ def summary(table: pd.DataFrame, by: list[str], metrics: Iterable[str] = ("acc",
 
 def paired_against(table: pd.DataFrame, by: list[str], reference: dict, metric: str) -> pd.DataFrame:
     """Per target, the paired difference (over seeds) ``reference - group`` for every other group
-    (positive: the reference group is better), as :meth:`~medsoup.stats.PairedDifference.columns`."""
+    (positive: the reference group is better), as :meth:`~medsoup.core.stats.PairedDifference.columns`."""
     rows = []
     for target, per_target in table.groupby("target", sort=False):
         ref = per_target
@@ -182,7 +184,7 @@ def verdict(paired: pd.DataFrame, reference: str) -> str:
 
 def learnt_weights(s: dict, target: str, seed: int, **options) -> dict[str, torch.Tensor]:
     """Per-kernel ``w`` of a finished MedMerge LP run, recovered from its baked model
-    (:func:`~medsoup.medmerge.recover_weights`); ``w`` near 1 favours source b."""
+    (:func:`~medsoup.merging.medmerge.recover_weights`); ``w`` near 1 favours source b."""
     config = medmerge_lp_run(s, target, seed, **options)
     result = run(config, progress=False)
     arch = load_metadata(result.model_stem)["architecture"]

@@ -15,9 +15,9 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from medsoup.checkpoint import load_state_into
-from medsoup.data import MedData
-from medsoup.train import evaluate, model_in_chans
+from medsoup.core.checkpoint import load_state_into
+from medsoup.core.data import MedData
+from medsoup.core.train import evaluate, model_in_chans
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

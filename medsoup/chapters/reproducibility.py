@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from medsoup.provenance import package_versions
+from medsoup.runs.provenance import package_versions
 
 #: Chapter -> its settings table ``{profile: {setting: value}}`` as "module:attribute".
-PROFILE_TABLES = {"Baseline (quickstart)": "medsoup.profiles:BASELINE", "InMerge": "medsoup.inmerge_runs:INMERGE",
-                  "FissionFusion": "medsoup.fgg:FISSIONFUSION", "MedMerge": "medsoup.medmerge_runs:MEDMERGE"}
-#: The book's toolchain, beside the libraries of :data:`medsoup.provenance.PACKAGES`.
+PROFILE_TABLES = {"Baseline (quickstart)": "medsoup.chapters.baselines:BASELINE", "InMerge": "medsoup.chapters.inmerge:INMERGE",
+                  "FissionFusion": "medsoup.chapters.fissionfusion:FISSIONFUSION", "MedMerge": "medsoup.chapters.medmerge:MEDMERGE"}
+#: The book's toolchain, beside the libraries of :data:`medsoup.runs.provenance.PACKAGES`.
 TOOLCHAIN = ("jupyter-book", "myst-nb", "papermill", "matplotlib", "pandas", "dask", "selenium")
 
 
@@ -68,7 +68,7 @@ def _timings_record(profile: str, root: str | Path) -> dict:
 
 
 def timings(profile: str, root: str | Path = "results") -> pd.DataFrame:
-    """The execution wall time of each notebook recorded by ``medsoup.book`` for ``profile``
+    """The execution wall time of each notebook recorded by ``medsoup.book.build`` for ``profile``
     (empty when none was recorded)."""
     record = _timings_record(profile, root)
     return pd.DataFrame([{"notebook": name, "minutes": entry["seconds"] / 60, "finished": entry["finished"],

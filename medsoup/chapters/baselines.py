@@ -1,7 +1,7 @@
 """The baseline record: the book's plain recipe on each dataset over seeds, against MedMNIST v2.
 
-``python -m medsoup.baselines --profile cpu`` trains (or loads from the run cache) the
-:data:`~medsoup.profiles.BASELINE` recipe and writes ``results/baselines.json``: the recipe, seeds,
+``python -m medsoup.chapters.baselines --profile cpu`` trains (or loads from the run cache) the
+:data:`BASELINE` recipe and writes ``results/baselines.json``: the recipe, seeds,
 per-seed test metrics, mean and std, wall times, machine and versions, and the published
 MedMNIST v2 ResNet-18 (28) numbers it is compared with (Yang et al. 2023, Table 3).
 """
@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from medsoup.checkpoint import atomic_write_text
-from medsoup.profiles import BASELINE, baseline_run, resolve_profile, settings
-from medsoup.provenance import code_version, machine, package_versions
-from medsoup.runs import run_many
-from medsoup.stats import summarise
+from medsoup.core.checkpoint import atomic_write_text
+from medsoup.core.metrics import METRICS
+from medsoup.core.stats import summarise
+from medsoup.core.train import TrainConfig
+from medsoup.runs.profiles import CPU_DATASETS, resolve_profile, settings
+from medsoup.runs.provenance import code_version, machine, package_versions
+from medsoup.runs.store import RunConfig, run_many
 
 #: MedMNIST v2 (Yang et al., Scientific Data 2023, Table 3), ResNet-18 (28), test ACC / AUC.
 PUBLISHED_RESNET18_28 = {
@@ -27,7 +30,28 @@ PUBLISHED_RESNET18_28 = {
     "bloodmnist": {"acc": 0.958, "auc": 0.998},
     "pathmnist": {"acc": 0.907, "auc": 0.983},
 }
-METRICS = ("acc", "auc", "f1", "recall")
+
+
+#: The baseline recipe (quickstart and every chapter's plain fine-tuning). ``cpu`` is the recipe
+#: whose measured numbers are recorded in ``results/baselines.json``.
+BASELINE: dict[str, dict[str, Any]] = {
+    "smoke": dict(datasets=("breastmnist",), model="smallcnn", size=28, epochs=2, seeds=(0,),
+                  batch_size=64, lr=1e-3, weight_decay=1e-4, augment="medium", train_subset=256),
+    "cpu": dict(datasets=CPU_DATASETS, model="smallcnn", size=28, epochs=30, seeds=(0, 1, 2),
+                batch_size=128, lr=1e-3, weight_decay=1e-4, augment="medium", train_subset=None),
+    "paper": dict(datasets=CPU_DATASETS + ("dermamnist", "bloodmnist", "pathmnist"), model="resnet18",
+                  size=28, epochs=100, seeds=(0, 1, 2), batch_size=128, lr=1e-3, weight_decay=0.0,
+                  augment="none", train_subset=None),
+}
+
+
+def baseline_run(recipe: dict[str, Any], dataset: str, seed: int) -> RunConfig:
+    """The :class:`~medsoup.runs.store.RunConfig` of the baseline recipe for one dataset and seed."""
+    train = TrainConfig(epochs=recipe["epochs"], batch_size=recipe["batch_size"], optimizer="adamw",
+                        lr=recipe["lr"], weight_decay=recipe["weight_decay"], augment=recipe["augment"],
+                        schedule="multistep", milestones=(0.5, 0.75), select_metric="auc", seed=seed)
+    return RunConfig(dataset=dataset, size=recipe["size"], model=recipe["model"],
+                     train_subset=recipe["train_subset"], train=train)
 
 
 def baseline_record(profile: str = "cpu", executor=None, **overrides) -> dict:

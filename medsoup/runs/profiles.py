@@ -1,0 +1,38 @@
+"""Profiles every notebook honours: ``smoke`` (CI, minutes), ``cpu`` (a 2-core machine, the three
+offline MedMNIST datasets at 28 px) and ``paper`` (a GPU, the papers' datasets and settings).
+
+Each chapter keeps a table ``{profile: {setting: value}}``; notebooks take flat parameters where
+``None`` means "the profile's value", and :func:`settings` merges the two.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+PROFILES = ("smoke", "cpu", "paper")
+CPU_DATASETS = ("pneumoniamnist", "breastmnist", "retinamnist")
+
+
+def resolve_profile(profile: str) -> str:
+    """``auto`` is ``paper`` with a CUDA GPU and ``cpu`` without one."""
+    if profile == "auto":
+        return "paper" if torch.cuda.is_available() else "cpu"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: auto, {', '.join(PROFILES)}")
+    return profile
+
+
+def settings(table: dict[str, dict[str, Any]], profile: str, **overrides) -> dict[str, Any]:
+    """The profile's settings from ``table`` with every non-None override applied.
+
+    An override the table does not know raises an error listing the known settings.
+    """
+    base = dict(table[resolve_profile(profile)])
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(base))}")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["profile"] = resolve_profile(profile)
+    return base
