@@ -99,16 +99,72 @@ def test_code_version_follows_an_edit_of_a_hashed_source(monkeypatch, tmp_path):
     provenance.code_version.cache_clear()
     try:
         before = provenance.code_version(("medsoup.runs.store",)), provenance.code_version()
-        (copy / "core" / "stats.py").write_text((copy / "core" / "stats.py").read_text() + "\n# edited\n")
+        (copy / "core" / "stats.py").write_text((copy / "core" / "stats.py").read_text() + "\nEDITED = 1\n")
         provenance.code_version.cache_clear()
         after_stats = provenance.code_version(("medsoup.runs.store",)), provenance.code_version()
-        (copy / "core" / "train.py").write_text((copy / "core" / "train.py").read_text() + "\n# edited\n")
+        (copy / "core" / "train.py").write_text((copy / "core" / "train.py").read_text() + "\nEDITED = 1\n")
         provenance.code_version.cache_clear()
         after_train = provenance.code_version(("medsoup.runs.store",))
     finally:
         provenance.code_version.cache_clear()
     assert after_stats[0] == before[0] and after_stats[1] != before[1]
     assert after_train != before[0]
+
+
+def test_key_ignores_comments_and_docstrings_and_follows_code(monkeypatch, tmp_path):
+    copy = tmp_path / "medsoup"
+    shutil.copytree(Path(provenance.medsoup.__file__).parent, copy)
+    monkeypatch.setattr(provenance.medsoup, "__file__", str(copy / "__init__.py"))
+    train = copy / "core" / "train.py"
+    original = train.read_text()
+    assert '    """Train ``model``' in original
+
+    def key_after(text: str) -> str:
+        train.write_text(text)
+        provenance.code_version.cache_clear()
+        return runs.run_key(CONFIG)
+
+    try:
+        before = key_after(original)
+        module_docstring = key_after(original.replace('"""', '"""Edited. ', 1))
+        function_docstring = key_after(original.replace('    """Train ``model``', '    """Edited. Train ``model``'))
+        comment = key_after(original.replace("\n\n", "\n# an added comment\n\n\n", 1) + "\n# edited\n")
+        code = key_after(original + "\nEDITED = 1\n")
+    finally:
+        provenance.code_version.cache_clear()
+    assert module_docstring == before and function_docstring == before and comment == before
+    assert code != before
+    # the path is hashed with the code: the same source under another name is another version
+    (copy / "core" / "moved.py").write_text(original)
+    assert provenance.code_digest(copy, [train]) != provenance.code_digest(copy, [copy / "core" / "moved.py"])
+
+
+def test_docstrings_are_dropped_from_module_class_and_function_only(tmp_path):
+    path = tmp_path / "m.py"
+    texts = {
+        "plain": 'def f():\n    return 1\n\n\nclass C:\n    x = 1\n',
+        "documented": '"""Module."""\n# comment\ndef f():\n    """Function."""\n    return 1  # one\n\n\n'
+                      'class C:\n    """Class."""\n    x = 1\n',
+        "only_a_docstring": 'def f():\n    """Function."""\n\n\nclass C:\n    """Class."""\n',
+        "a_string_later": 'def f():\n    x = 1\n    "not a docstring"\n    return 1\n\n\nclass C:\n    x = 1\n',
+    }
+    dumps = {}
+    for name, text in texts.items():
+        path.write_text(text)
+        dumps[name] = provenance.code_text(path)
+    assert dumps["documented"] == dumps["plain"]
+    assert "'Function.'" not in dumps["only_a_docstring"] and "Pass" in dumps["only_a_docstring"]
+    assert dumps["a_string_later"] != dumps["plain"]
+
+
+def test_no_run_key_covers_a_settings_table():
+    root = Path(provenance.medsoup.__file__).parent
+    fgg = CONFIG.replace(callbacks=(("cycle_snapshots", {"cycle_epochs": 2}),))
+    medmerge = CONFIG.replace(builder="medmerge")
+    for config, module in ((fgg, "merging/fgg.py"), (medmerge, "runs/builders.py")):
+        names = {p.relative_to(root).as_posix() for p in provenance.source_closure(runs.run_modules(config))}
+        assert module in names
+        assert not {n for n in names if n.startswith(("chapters/", "figures/", "book/")) or n == "runs/profiles.py"}
 
 
 def test_cache_folder_parameter_then_env_then_default(monkeypatch, tmp_path, run_cache):

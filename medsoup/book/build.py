@@ -10,7 +10,8 @@ through papermill with ``parameters={"profile": profile, **parameters}`` into th
 repository root, the same as for ``pytest``, the ``medsoup`` CLIs and the README's ``papermill``
 example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset.
 A notebook is skipped when its executed copy exists and its stamp file ``<name>.stamp`` beside it
-matches the sha256 of (source notebook, parameters, kernel, the ``medsoup/`` sources,
+matches the sha256 of (source notebook, parameters, kernel, the code of the ``medsoup/`` sources
+(docstrings and comments left out, as in the run keys),
 ``constraints.txt``; for a notebook whose metadata says ``medsoup.reads_results``, also the other
 notebooks' ``results/*/<profile>.json``), so a rebuild with nothing changed takes seconds. Each
 execution's wall time goes to ``results/timings/<profile>.json``.
@@ -79,7 +80,11 @@ def notebook_paths(only: Iterable[str] | None = None) -> list[Path]:
 
 
 def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str, root: Path) -> str:
-    """sha256 over everything that changes an executed notebook's content."""
+    """sha256 over everything that changes an executed notebook's content (the ``medsoup/`` sources
+    as the run keys see them: :func:`~medsoup.runs.provenance.code_digest`, docstrings and comments
+    left out)."""
+    from medsoup.runs.provenance import code_digest
+
     h = hashlib.sha256()
 
     def add(label: str, data: bytes) -> None:
@@ -89,8 +94,7 @@ def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str
     add("notebook", source.read_bytes())
     add("parameters", json.dumps(parameters, sort_keys=True, default=str).encode())
     add("kernel", kernel_name.encode())
-    for path in sorted((root / "medsoup").rglob("*.py")):
-        add(path.relative_to(root).as_posix(), path.read_bytes())
+    add("medsoup", code_digest(root / "medsoup").encode())
     constraints = root / "constraints.txt"
     if constraints.is_file():
         add("constraints.txt", constraints.read_bytes())

@@ -51,21 +51,47 @@ def source_closure(modules: Iterable[str]) -> list[Path]:
     return sorted(seen)
 
 
+def code_text(path: Path) -> str:
+    """The code of one source file: :func:`ast.dump` of its tree without docstrings.
+
+    Comments never reach the tree and line numbers are not dumped, so neither a comment, a
+    docstring nor blank lines count; the leading string of the module, of each class and of each
+    function is dropped. ``ast.dump``'s format may change between Python minor versions, and a
+    key with it.
+    """
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_digest(root: Path, paths: Iterable[Path] | None = None) -> str:
+    """sha256 (hex) over the :func:`code_text` of ``paths`` (default: every ``*.py`` under ``root``),
+    each with its path relative to ``root``, so that moving a module changes the digest too."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py") if paths is None else paths):
+        for part in (path.relative_to(root).as_posix(), code_text(path)):
+            data = part.encode()
+            digest.update(f"{len(data)}\0".encode())
+            digest.update(data)
+    return digest.hexdigest()
+
+
 @lru_cache(maxsize=None)
 def code_version(modules: tuple[str, ...] | None = None) -> str:
-    """``<version>+<12 hex digits>``: the package version and a hash of medsoup source files.
+    """``<version>+<12 hex digits>``: the package version and the :func:`code_digest` of medsoup sources.
 
     With ``modules=None`` every source file is hashed (what a book execution records). With a tuple
     of module names only their :func:`source_closure` is: the run cache keys a run on the modules
-    that can change its numbers, so editing a table or a figure does not retrain anything.
+    that can change its numbers, so editing a table or a figure does not retrain anything, and
+    neither does a comment or a docstring.
     """
     root = Path(medsoup.__file__).parent
-    paths = sorted(root.rglob("*.py")) if modules is None else source_closure(modules)
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return f"{medsoup.__version__}+{digest.hexdigest()[:12]}"
+    digest = code_digest(root, None if modules is None else source_closure(modules))
+    return f"{medsoup.__version__}+{digest[:12]}"
 
 
 def package_versions() -> dict[str, str]:
