@@ -4,9 +4,10 @@
 #   bash run.sh book [args]   execute every notebook (profile auto: paper with a CUDA GPU, else cpu)
 #                             and build the Jupyter Book into _build/html; args go to
 #                             `python -m medsoup.book all`, e.g. --profile smoke, --force
-#   bash run.sh test [args]   fast tests (pytest -m "not slow" [args]), every notebook on the smoke
-#                             profile, the book build with warnings as errors, and a check of the
-#                             built pages in headless Chromium (links only where it is missing)
+#   bash run.sh test [args]   the import layers (lint-imports), fast tests (pytest -m "not slow"
+#                             [args]), every notebook on the smoke profile, the book build with
+#                             warnings as errors, and a check of the built pages in headless
+#                             Chromium (links only where it is missing)
 #
 # Both create .venv if it is missing and install the pinned environment
 # (pip install -c constraints.txt -e ".[all]") whenever pyproject.toml or constraints.txt changed.
@@ -17,7 +18,7 @@ VENV=.venv
 STAMP="$VENV/.medsoup-install-stamp"
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -101,6 +102,7 @@ case "$cmd" in
     export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
     export MPLBACKEND=Agg
     echo "MEDSOUP_DATA=$MEDSOUP_DATA HF_HUB_OFFLINE=$HF_HUB_OFFLINE"
+    step "import layers (lint-imports, contract in pyproject.toml)" "$VENV/bin/lint-imports"
     step "pytest (not slow)" run_tests "$@"
     # Every notebook in _toc.yml must be executed for the -W build to pass.
     step "execute notebooks (profile smoke)" "$VENV/bin/python" -m medsoup.book execute --profile smoke
