@@ -117,6 +117,51 @@ def test_stratified_indices():
     assert torch.equal(md.stratified_indices(labels, 500, seed=0), torch.arange(100))
 
 
+@pytest.mark.parametrize("counts,n,expected", [
+    ((50, 30, 20), 17, [9, 5, 3]),  # shares 8.5, 5.1, 3.4: rounding gave 16
+    ((60, 10, 5, 3, 1, 1, 1), 10, [4, 1, 1, 1, 1, 1, 1]),  # five shares below one: raising them gave 13
+    ((80, 15, 5), 20, [16, 3, 1]),  # exact shares
+    ((5, 3, 1, 1), 3, [2, 1, 0, 0]),  # fewer samples than classes: the largest shares
+    ((1, 1, 1, 1, 96), 5, [1, 1, 1, 1, 1]),  # every class present, the largest gives way
+    ((2, 2, 2), 5, [2, 2, 1]),  # a tie goes to the class listed first
+])
+def test_class_quotas_are_largest_remainder_and_sum_to_n(counts, n, expected):
+    assert md.class_quotas(list(counts), n) == expected
+
+
+@pytest.mark.parametrize("counts", [(50, 30, 20), (60, 10, 5, 3, 1, 1, 1), (1, 1, 1, 1, 96), (7, 400, 93, 12),
+                                    (33, 33, 34), (3, 97)])
+def test_class_quotas_are_exact_and_stratified_for_every_size(counts):
+    total = sum(counts)
+    for n in range(1, total + 1):
+        quotas = md.class_quotas(list(counts), n)
+        assert sum(quotas) == n and all(0 <= q <= c for q, c in zip(quotas, counts))
+        if n >= len(counts):
+            assert min(quotas) >= 1
+        if all(c * n >= total for c in counts):  # no share below one: within one of every share
+            assert all(abs(q - c * n / total) < 1 for q, c in zip(quotas, counts))
+    with pytest.raises(ValueError, match="cannot take 0 of 100 samples"):
+        md.class_quotas([50, 50], 0)
+
+
+@pytest.mark.parametrize("name", ["breastmnist", "retinamnist", "chestmnist", "dermamnist"])
+def test_stratified_indices_return_the_size_asked_for(name):
+    """Binary, ordinal, multi-label (stratified by its first label) and multi-class label mixes."""
+    labels = torch.from_numpy(md.synthetic_arrays(name, n_per_split=300, seed=1)["train_labels"].astype(np.int64))
+    labels = labels.reshape(len(labels), -1)
+    if name == "dermamnist":  # skewed like the real one: most images in one class, some classes rare
+        labels = torch.cat([torch.full((250, 1), 5), torch.arange(7).repeat(8)[:50, None]])
+    keys = labels[:, 0]
+    for n in (1, 7, 10, 17, 64, 128, 299):
+        index = md.stratified_indices(labels, n, seed=0)
+        assert len(index) == n and len(set(index.tolist())) == n and torch.equal(index, torch.sort(index).values)
+        counts = torch.bincount(keys)
+        taken = torch.bincount(keys[index], minlength=len(counts))
+        assert taken[counts > 0].tolist() == md.class_quotas(counts[counts > 0].tolist(), n)
+        assert torch.equal(index, md.stratified_indices(labels, n, seed=0))
+    assert not torch.equal(md.stratified_indices(labels, 100, seed=0), md.stratified_indices(labels, 100, seed=1))
+
+
 # ---------------------------------------------------------------- download, MD5 and corruption
 
 def _serve(monkeypatch, arrays_for, md5s):

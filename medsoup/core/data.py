@@ -170,11 +170,42 @@ def read_npz(path: Path, name: str, size: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Indices of a class-stratified subset of ``n`` samples (by the first label column).
+def class_quotas(counts: list[int], n: int) -> list[int]:
+    """How many of ``n`` samples each class gets: largest-remainder (Hamilton) allocation of the
+    shares ``counts[c] * n / sum(counts)``, summing to exactly ``n``.
 
-    Each class keeps its share of ``n`` (at least one sample where the class exists); the result
-    is sorted and depends only on ``labels``, ``n`` and ``seed``.
+    Each class first gets the floor of its share; when ``n`` covers every class, a class whose
+    share is below one is raised to one (every class stays represented) and the samples this adds
+    are taken back, one at a time, from the classes with more than one, smallest remainder first;
+    the samples still missing go, one at a time, to the largest remainders. No class gets more than
+    it has. Ties go to the class listed first. Integer arithmetic, so the result is exact.
+    """
+    total = sum(counts)
+    if not 0 < n <= total:
+        raise ValueError(f"cannot take {n} of {total} samples: n must be between 1 and {total}")
+    quotas = [c * n // total for c in counts]
+    remainders = [c * n % total for c in counts]
+    if n >= len(counts):
+        quotas = [max(q, 1) for q in quotas]
+    by_remainder = sorted(range(len(counts)), key=lambda c: (-remainders[c], c))
+    while sum(quotas) > n:
+        for c in reversed(by_remainder):
+            if quotas[c] > 1 and sum(quotas) > n:
+                quotas[c] -= 1
+    while sum(quotas) < n:
+        for c in by_remainder:
+            if quotas[c] < counts[c] and sum(quotas) < n:
+                quotas[c] += 1
+    return quotas
+
+
+def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices of a class-stratified subset of exactly ``n`` samples (by the first label column).
+
+    Each class keeps its share of ``n`` by :func:`class_quotas` (at least one sample per class
+    when ``n`` is at least the number of classes); within a class the samples are a random draw.
+    The result is sorted and depends only on ``labels``, ``n`` and ``seed``. Multi-label datasets
+    are stratified by their first label.
     """
     if n >= len(labels):
         return torch.arange(len(labels))
@@ -182,8 +213,8 @@ def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     classes, counts = torch.unique(keys, return_counts=True)
-    quotas = torch.clamp((counts.double() * n / len(keys)).round().long(), min=1)
-    for cls, quota in zip(classes.tolist(), quotas.tolist()):
+    quotas = class_quotas(counts.tolist(), n)
+    for cls, quota in zip(classes.tolist(), quotas):
         members = torch.nonzero(keys == cls).flatten()
         chosen.append(members[torch.randperm(len(members), generator=generator)[:quota]])
     return torch.sort(torch.cat(chosen)).values
