@@ -12,7 +12,8 @@ training split, so the effect of merging is not confused with the effect of reca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import torch
 
@@ -22,7 +23,7 @@ from medsoup.core.data import MedData
 from medsoup.core.stats import paired_difference, summarise
 from medsoup.core.train import TrainConfig
 from medsoup.merging.fgg import fgg_epochs
-from medsoup.merging.soups import greedy_soup, hierarchical_soup, state_scorer, uniform_soup
+from medsoup.merging.soups import ScoreFn, greedy_soup, hierarchical_soup, state_scorer, uniform_soup
 from medsoup.runs.profiles import CPU_DATASETS
 from medsoup.runs.store import RunConfig, RunResult, run, run_many
 
@@ -92,11 +93,6 @@ _SMOKE: dict[str, Any] = dict(
 
 #: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
 FISSIONFUSION: dict[str, dict] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
-
-
-#: Table 1's rows, then the appendix ablation's (A1).
-METHODS = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)", "GoU", "GoG")
-ABLATION = ("GS+HS(GoU)", "GS+HS(GoG)", "FGG+Uniform", "FGG+Greedy")
 
 
 def _train(s: dict, dataset: str, **changes) -> TrainConfig:
@@ -219,13 +215,83 @@ class MethodResult:
     ingredients: int
 
 
+@dataclass
+class Pool:
+    """The candidates one method soups: ``states`` (flat, or one list per group) and their validation
+    ``scores`` in the same shape, with the evaluations it costs: ``upfront``, spent by every method on
+    the pool (the FGG pools: the snapshots' scores, which no run recorded, and with recalibration the
+    base models' too), and ``scoring``, spent only by a method that reads the scores (the grid pools,
+    with recalibration: the runs' scores recomputed)."""
+
+    states: list
+    scores: list
+    upfront: int = 0
+    scoring: int = 0
+
+
+Souped = tuple[dict[str, torch.Tensor], int, int]  # (state, evaluations, ingredients)
+Soup = Callable[[Pool, ScoreFn], Souped]
+
+
+def best_of(pool: Pool, score: ScoreFn) -> Souped:
+    """The candidate with the best validation score (GS(best), FGG(best))."""
+    best = max(range(len(pool.states)), key=lambda i: pool.scores[i])
+    return pool.states[best], pool.upfront + pool.scoring, 1
+
+
+def uniform_of(pool: Pool, score: ScoreFn) -> Souped:
+    """The uniform soup of every candidate; one evaluation, of the soup."""
+    return uniform_soup(pool.states), pool.upfront + 1, len(pool.states)
+
+
+def greedy_of(pool: Pool, score: ScoreFn) -> Souped:
+    """The greedy soup of the candidates, in order of their scores."""
+    soup = greedy_soup(pool.states, score, pool.scores)
+    return soup.state, pool.upfront + pool.scoring + soup.evaluations, len(soup.kept)
+
+
+def hierarchical_of(local: str, pool: Pool, score: ScoreFn) -> Souped:
+    """Hierarchical souping of the pool's groups, each ``local``-ly ("uniform": GoU, "greedy": GoG),
+    then greedily across groups; the ingredients are those of the groups the top soup kept."""
+    soup = hierarchical_soup(pool.states, score, local, pool.scores)
+    kept = sum(len(soup.local[i].kept) for i in soup.top.kept)
+    return soup.state, pool.upfront + pool.scoring + soup.evaluations, kept
+
+
+#: Table 1's methods: name -> (the pool it soups, how). Pools: "grid" (the grid-search runs), "fgg" (FGG's
+#: base models and snapshots), "grid by lr" (the grid grouped by learning rate), "fgg groups" (each base
+#: model with its snapshots).
+TABLE1: dict[str, tuple[str, Soup]] = {
+    "GS(best)": ("grid", best_of),
+    "Uniform soup": ("grid", uniform_of),
+    "Greedy soup": ("grid", greedy_of),
+    "FGG(best)": ("fgg", best_of),
+    "GoU": ("fgg groups", partial(hierarchical_of, "uniform")),
+    "GoG": ("fgg groups", partial(hierarchical_of, "greedy")),
+}
+#: The appendix ablation's methods (A1), as :data:`TABLE1`.
+APPENDIX_A1: dict[str, tuple[str, Soup]] = {
+    "GS+HS(GoU)": ("grid by lr", partial(hierarchical_of, "uniform")),
+    "GS+HS(GoG)": ("grid by lr", partial(hierarchical_of, "greedy")),
+    "FGG+Uniform": ("fgg", uniform_of),
+    "FGG+Greedy": ("fgg", greedy_of),
+}
+SOUPS = {**TABLE1, **APPENDIX_A1}
+#: Table 1's rows, then the appendix ablation's.
+METHODS = tuple(TABLE1)
+ABLATION = tuple(APPENDIX_A1)
+
+
 def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False,
                  methods: tuple[str, ...] = METHODS + ABLATION) -> dict[str, MethodResult]:
-    """Every method of Table 1 and the ablation, selected on validation ``metric``.
+    """Every method of Table 1 and the ablation (:data:`SOUPS`), selected on validation ``metric``.
 
     ``evaluations``: validation evaluations each method spent beyond the runs' recorded scores
-    (with ``recalibrate``, the candidates' own scores are recomputed too and counted).
+    (with ``recalibrate``, the candidates' own scores are recomputed too and counted; see :class:`Pool`).
     """
+    unknown = [name for name in methods if name not in SOUPS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SOUPS)}")
     model = zoo.grid[0].load_model()
     score = state_scorer(model, data, metric, recalibrate=recalibrate)
     bn = train_images(data, model) if recalibrate else False
@@ -236,45 +302,19 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
     group_scores = [[score(g[0]) if recalibrate else b.val[metric]] + [score(s) for s in g[1:]]
                     for b, g in zip(zoo.base, groups)]
     snapshot_evaluations = sum(len(g) - (0 if recalibrate else 1) for g in groups)
-    fgg_states = [s for g in groups for s in g]
-    fgg_scores = [v for g in group_scores for v in g]
     by_lr = [[zoo.grid.index(r) for r in g] for g in zoo.grid_groups()]
-    grid_groups = [[grid_states[i] for i in g] for g in by_lr]
-    grid_group_scores = [[grid_scores[i] for i in g] for g in by_lr]
-
-    def soup_result(state, evaluations, ingredients):
-        val = evaluate_state(model, state, data, "val", bn)
-        return MethodResult(state, val, evaluate_state(model, state, data, "test", bn), evaluations, ingredients)
-
-    def single(states, scores, evaluations):
-        return soup_result(states[max(range(len(states)), key=lambda i: scores[i])], evaluations, 1)
-
+    pools = {"grid": Pool(grid_states, grid_scores, scoring=grid_evaluations),
+             "fgg": Pool([s for g in groups for s in g], [v for g in group_scores for v in g],
+                         upfront=snapshot_evaluations),
+             "grid by lr": Pool([[grid_states[i] for i in g] for g in by_lr],
+                                [[grid_scores[i] for i in g] for g in by_lr], scoring=grid_evaluations),
+             "fgg groups": Pool(groups, group_scores, upfront=snapshot_evaluations)}
     out: dict[str, MethodResult] = {}
     for name in methods:
-        if name == "GS(best)":
-            out[name] = single(grid_states, grid_scores, grid_evaluations)
-        elif name == "FGG(best)":
-            out[name] = single(fgg_states, fgg_scores, snapshot_evaluations)
-        elif name == "Uniform soup":
-            out[name] = soup_result(uniform_soup(grid_states), 1, len(grid_states))
-        elif name == "FGG+Uniform":
-            out[name] = soup_result(uniform_soup(fgg_states), snapshot_evaluations + 1, len(fgg_states))
-        elif name == "Greedy soup":
-            soup = greedy_soup(grid_states, score, grid_scores)
-            out[name] = soup_result(soup.state, grid_evaluations + soup.evaluations, len(soup.kept))
-        elif name == "FGG+Greedy":
-            soup = greedy_soup(fgg_states, score, fgg_scores)
-            out[name] = soup_result(soup.state, snapshot_evaluations + soup.evaluations, len(soup.kept))
-        elif name in ("GoU", "GoG"):
-            soup = hierarchical_soup(groups, score, "uniform" if name == "GoU" else "greedy", group_scores)
-            kept = sum(len(soup.local[i].kept) for i in soup.top.kept)
-            out[name] = soup_result(soup.state, snapshot_evaluations + soup.evaluations, kept)
-        elif name in ("GS+HS(GoU)", "GS+HS(GoG)"):
-            soup = hierarchical_soup(grid_groups, score, "uniform" if "GoU" in name else "greedy", grid_group_scores)
-            kept = sum(len(soup.local[i].kept) for i in soup.top.kept)
-            out[name] = soup_result(soup.state, grid_evaluations + soup.evaluations, kept)
-        else:
-            raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS + ABLATION)}")
+        pool, soup = SOUPS[name]
+        state, evaluations, ingredients = soup(pools[pool], score)
+        val = evaluate_state(model, state, data, "val", bn)
+        out[name] = MethodResult(state, val, evaluate_state(model, state, data, "test", bn), evaluations, ingredients)
     return out
 
 
