@@ -66,9 +66,9 @@ _CPU: dict[str, Any] = dict(
     fgg_cycle_epochs=1.0,  # 1 epoch per cycle: 5 snapshots in fgg_epochs(5, 1.0) = 5 epochs, not 18
     fgg_lr_max=1e-4,  # FGG's range moved up tenfold to suit a small network trained for few epochs
     fgg_lr_min=1e-7,
-    grid_points=11,  # 11 x 11 landscapes, 11-point LMC curves: each point recomputes BatchNorm and evaluates
+    grid_points=11,  # 11 x 11 landscapes and 11-point LMC curves instead of 21: each point is a validation pass
     lmc_points=11,
-    bn_images=1024,  # BatchNorm recomputed on at most 1024 training images per landscape point
+    bn_images=1024,  # BatchNorm recomputed on at most 1024 training images at each point, not all
 )
 
 #: Continuous integration: each code path of notebooks 20 and 21 in minutes; its numbers mean nothing.
