@@ -69,7 +69,7 @@ class TrainConfig:
     select_metric: str = "auc"  # picks the best epoch: a METRICS name ("acc", "auc", "f1", "recall") or "loss"
     restore_best: bool = True  # True: end with the best epoch's weights; False: the last epoch's (FGG's fission runs)
 
-    # Randomness and hardware.
+    # Randomness and hardware. The run layer also seeds the model's initialisation with seed (runs.store.build_model).
     seed: int = 0  # seeds fit's batch-order and augmentation generator and torch's global generator
     device: str = "auto"  # "auto" (CUDA, then MPS, then CPU: resolve_device) or a torch device ("cpu", "cuda:1")
     amp: bool = True  # bfloat16 autocast of the forward pass on CUDA; no effect on other devices
