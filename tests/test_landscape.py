@@ -85,6 +85,24 @@ def test_barrier():
         barrier([0.0], [1.0])
 
 
+def test_barrier_definitions_on_a_hand_made_curve():
+    lam = np.linspace(0, 1, 5)
+    dip = [0.6, 0.5, 0.7, 0.9, 1.0]  # straight line 0.6 .. 1.0; endpoint mean 0.8
+    assert barrier(lam, dip) == barrier(lam, dip, definition="linear") == pytest.approx(0.2)  # at lambda 0.25
+    assert barrier(lam, dip, definition="mean") == pytest.approx(0.3)
+    straight = [0.8, 0.85, 0.9, 0.95, 1.0]  # no barrier to the line; half the endpoints' gap to their mean
+    assert barrier(lam, straight, definition="linear") == pytest.approx(0.0, abs=1e-12)
+    assert barrier(lam, straight, definition="mean") == pytest.approx(0.1)
+    loss = [1.0, 1.5, 2.0, 1.2, 3.0]  # never above the line 1 .. 3; 1.0 above the endpoints' mean 2 at the end
+    assert barrier(lam, loss, higher_is_better=False) == pytest.approx(0.0, abs=1e-12)
+    assert barrier(lam, loss, higher_is_better=False, definition="mean") == pytest.approx(1.0)
+    uneven = ([0.0, 0.25, 1.0], [0.0, 0.0, 1.0])  # the line is 0.25 at lambda 0.25; the mean is 0.5
+    assert barrier(*uneven) == pytest.approx(0.25)
+    assert barrier(*uneven, definition="mean") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown barrier definition 'max'; valid: linear, mean"):
+        barrier(lam, dip, definition="max")
+
+
 def test_plane_landscape_grid_and_model_coordinates(model):
     data = tiny(n=32)
     states = _states()

@@ -17,36 +17,67 @@ from medsoup.core.train import TrainConfig
 from medsoup.merging.inmerge import check_params
 from medsoup.runs.profiles import CPU_DATASETS
 
-_SMOKE = dict(datasets=("breastmnist",), model="smallcnn", size=28, init=None, train_subset=192, seeds=(0, 1),
-              backbone_epochs=2, merge_epochs=1, batch_size=64, optimizer="adamw", lr=1e-3, finetune_lr=1e-4,
-              weight_decay=1e-4, augment="medium", alpha=0.8, first_layer=4, p=0.3, tau=0.3,
-              ablation_datasets=("breastmnist",), ablation_seeds=(0, 1), alphas=(0.5, 0.8), ps=(0.3, 1.0),
-              first_layers=(0, 4, 5), taus=(0.0, 0.3), dissimilar_tau=0.5, extra_taus=(0.0,),
-              architectures=(("smallcnn", 4),), architecture_dataset="breastmnist", chest=False,
-              chest_epochs=(2, 1))
+#: The paper's settings (Wang et al., Sec. 4.1-4.3): Table 2 on PathMNIST, DermaMNIST and BloodMNIST at 64 px
+#: with an ImageNet VGG19, batch 1024, SGD with a multi-step schedule, 20 backbone + 5 merging epochs, five runs;
+#: alpha 0.8, L_s 10, p 0.3, tau 0.3. lr 0.01 and weight decay 1e-4 are those it gives for ChestX-ray14; the rate
+#: of the merging phase (``finetune_lr``) is not stated. The ablations (Sec. 4.3) are on chest X-rays (ChestMNIST
+#: here), the architectures with their L_s; ``chest`` adds the Table 1 analogue (ChestMNIST per-disease AUC,
+#: ``chest_epochs`` = backbone and merging epochs, 30 + 10 as on ChestX-ray14).
+_PAPER: dict[str, Any] = dict(
+    datasets=("pathmnist", "dermamnist", "bloodmnist"), model="vgg19", size=64, init="imagenet", train_subset=None,
+    seeds=(0, 1, 2, 3, 4), backbone_epochs=20, merge_epochs=5, batch_size=1024, optimizer="sgd", lr=1e-2,
+    finetune_lr=1e-3, weight_decay=1e-4, augment="medium", alpha=0.8, first_layer=10, p=0.3, tau=0.3,
+    ablation_datasets=("chestmnist",), ablation_seeds=(0, 1, 2), alphas=(0.5, 0.6, 0.7, 0.8, 0.9),
+    ps=(0.1, 0.3, 0.5, 0.7), first_layers=(0, 5, 10, 15), taus=(0.1, 0.3, 0.5, 0.7), dissimilar_tau=0.5,
+    extra_taus=(), architectures=(("vgg19", 10), ("vgg16", 10), ("resnet34", 30)),
+    architecture_dataset="chestmnist", chest=True, chest_epochs=(30, 10))
 
-#: Settings per profile. ``first_layer`` is L_s for ``model``; ``architectures`` pairs each
-#: architecture of the architecture ablation with its L_s; ``extra_taus`` are thresholds run beside
-#: the paper's tau in the main table (a small CNN trained from scratch has almost no kernel pairs
-#: above 0.3 in its deep layers, so tau 0.3 merges nothing there); ``chest`` adds the Table 1 analogue
-#: (ChestMNIST per-disease AUC, ``chest_epochs`` = backbone and merging epochs), on ``paper`` only
-#: because ChestMNIST is not available offline.
-INMERGE: dict[str, dict[str, Any]] = {
-    "smoke": _SMOKE,
-    "cpu": {**_SMOKE, "datasets": CPU_DATASETS, "train_subset": None, "seeds": (0, 1, 2, 3, 4),
-            "backbone_epochs": 20, "merge_epochs": 5, "batch_size": 128,
-            "ablation_datasets": ("breastmnist", "retinamnist"), "ablation_seeds": (0, 1, 2),
-            "alphas": (0.5, 0.8, 0.95), "ps": (0.1, 0.3, 1.0), "first_layers": (0, 1, 2, 3, 4, 5),
-            "taus": (-1.0, 0.0, 0.1, 0.3, 0.5),
-            "architectures": (("smallcnn", 4), ("resnet18", 15))},
-    "paper": {**_SMOKE, "datasets": ("pathmnist", "dermamnist", "bloodmnist"), "model": "vgg19", "size": 64,
-              "init": "imagenet", "train_subset": None, "seeds": (0, 1, 2, 3, 4), "backbone_epochs": 20,
-              "merge_epochs": 5, "batch_size": 1024, "optimizer": "sgd", "lr": 1e-2, "finetune_lr": 1e-3,
-              "first_layer": 10, "ablation_datasets": ("chestmnist",), "ablation_seeds": (0, 1, 2),
-              "alphas": (0.5, 0.6, 0.7, 0.8, 0.9), "ps": (0.1, 0.3, 0.5, 0.7), "first_layers": (0, 5, 10, 15),
-              "taus": (0.1, 0.3, 0.5, 0.7), "architectures": (("vgg19", 10), ("vgg16", 10), ("resnet34", 30)),
-              "architecture_dataset": "chestmnist", "extra_taus": (), "chest": True, "chest_epochs": (30, 10)},
-}
+#: A 2-core machine without a GPU: no ImageNet weights and no ChestMNIST offline.
+_CPU: dict[str, Any] = dict(
+    _PAPER,
+    datasets=CPU_DATASETS,  # the three offline datasets instead of Path/Derma/Blood
+    model="smallcnn",  # trained from scratch (init None below): a few seconds per epoch on two cores
+    size=28,  # the one size all three offline datasets have
+    init=None,  # no ImageNet weights offline (and none exist for the smallcnn)
+    batch_size=128,  # the baseline recipe's batch (BASELINE)
+    optimizer="adamw",  # the baseline recipe's optimizer and rate, for a network trained from scratch
+    lr=1e-3,
+    finetune_lr=1e-4,  # a tenth of lr, as the paper profile's 1e-3 is of its 1e-2
+    first_layer=4,  # "merge the last stage" (notebook 10): the smallcnn's two 128-channel convolutions
+    ablation_datasets=("breastmnist", "retinamnist"),  # the two smaller offline datasets (546, 1080 images)
+    alphas=(0.5, 0.8, 0.95),  # the paper grid's lowest and default, and 0.95, a weaker merge than its grid has
+    ps=(0.1, 0.3, 1.0),  # the paper grid's lowest and default, and p = 1: a merge attempt for every kernel
+    first_layers=(0, 1, 2, 3, 4, 5),  # every convolution of the 6-layer smallcnn
+    taus=(-1.0, 0.0, 0.1, 0.3, 0.5),  # adds tau 0 and -1 (every selected pair merges), see extra_taus; drops 0.7
+    extra_taus=(0.0,),  # almost no kernel pairs of a from-scratch smallcnn pass tau 0.3: run tau 0 beside it
+    architectures=(("smallcnn", 4), ("resnet18", 15)),  # each with its "last stage" L_s (notebook 10)
+    architecture_dataset="breastmnist",  # instead of ChestMNIST
+    chest=False,  # ChestMNIST is not available offline
+    chest_epochs=(2, 1),  # not used without chest
+)
+
+#: Continuous integration: each code path of notebooks 10 and 11 in minutes; its numbers mean nothing.
+_SMOKE: dict[str, Any] = dict(
+    _CPU,
+    datasets=("breastmnist",),  # the smallest offline dataset
+    train_subset=192,  # three steps per epoch at the batch below
+    seeds=(0, 1),  # two seeds: the fewest with which a paired difference is tested
+    backbone_epochs=2,  # 2 + 1 epochs: the protocol's two phases, each as short as it gets
+    merge_epochs=1,
+    batch_size=64,
+    ablation_datasets=("breastmnist",),  # the ablations on the main table's dataset and seeds
+    ablation_seeds=(0, 1),
+    alphas=(0.5, 0.8),  # a few points of each cpu grid
+    ps=(0.3, 1.0),
+    first_layers=(0, 4, 5),
+    taus=(0.0, 0.3),
+    architectures=(("smallcnn", 4),),  # no ResNet-18: the slowest part of the cpu ablations
+)
+
+#: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
+#: ``first_layer`` is L_s for ``model``; ``architectures`` pairs each architecture of the architecture
+#: ablation with its L_s; ``extra_taus`` are thresholds run beside the paper's tau in the main table.
+INMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
 
 
 def inmerge_params(s: dict, seed: int, **overrides) -> dict[str, Any]:

@@ -35,23 +35,51 @@ from medsoup.runs.store import RunConfig, run, run_many
 #: ImageNet plus the same-modality MedMNIST dataset as in the paper (ChestMNIST -> PneumoniaMNIST).
 LEAVE_ONE_OUT = {t: tuple(d for d in CPU_DATASETS if d != t) for t in CPU_DATASETS}
 
-MEDMERGE: dict[str, dict[str, Any]] = {
-    "smoke": dict(model="smallcnn", size=28, targets=("breastmnist",), sources=LEAVE_ONE_OUT,
-                  source_recipe=BASELINE["smoke"], seeds=(0,), train_subset=256, batch_size=64,
-                  lp_epochs=2, lp_lr=1e-3, ft_epochs=2, ft_lr=1e-4, ablation_targets=("breastmnist",)),
-    # lr 10x the paper's: sources trained from scratch on 28 px images, and 10-20 epochs, not 50.
+#: The paper's settings (Almakky et al., Sec. 3): DenseNet-121 at 224 px, AdamW 1e-4 (LP) and 1e-5 (FT), 50
+#: epochs each. Its generic + same-modality sources are approached by ImageNet and a ChestMNIST model
+#: (initialised from ImageNet as the paper's medical sources, 20 epochs of the baseline recipe) for the
+#: PneumoniaMNIST target.
+_PAPER: dict[str, Any] = dict(
+    model="densenet121", size=224, targets=("pneumoniamnist",),
+    sources={"pneumoniamnist": ("imagenet", "chestmnist")},
+    source_recipe=dict(BASELINE["paper"], epochs=20, init="imagenet"), seeds=(0, 1, 2), train_subset=None,
+    batch_size=64, lp_epochs=50, lp_lr=1e-4, ft_epochs=50, ft_lr=1e-5, ablation_targets=("pneumoniamnist",))
+
+#: A 2-core machine without a GPU: no ImageNet weights and only three datasets offline.
+_CPU: dict[str, Any] = dict(
+    _PAPER,
+    model="smallcnn",  # a few seconds per epoch on two cores at 28 px
+    size=28,  # the one size all three offline datasets have
+    targets=CPU_DATASETS,  # every offline dataset is a target ...
+    sources=LEAVE_ONE_OUT,  # ... with the two others as sources (no ImageNet weights offline)
+    source_recipe=BASELINE["cpu"],  # sources trained from scratch by the book's baseline recipe
     # Targets keep at most 1000 training images (stratified; BreastMNIST has 546, RetinaMNIST 1080,
     # PneumoniaMNIST 4708): transfer matters where target data is scarce, and it fits two cores.
-    "cpu": dict(model="smallcnn", size=28, targets=CPU_DATASETS, sources=LEAVE_ONE_OUT,
-                source_recipe=BASELINE["cpu"], seeds=(0, 1, 2), train_subset=1000, batch_size=128,
-                lp_epochs=10, lp_lr=1e-3, ft_epochs=20, ft_lr=1e-4, ablation_targets=("retinamnist",)),
-    # the paper: DenseNet-121 at 224 px, AdamW 1e-4 (LP) and 1e-5 (FT), 50 epochs each.
-    "paper": dict(model="densenet121", size=224, targets=("pneumoniamnist",),
-                  sources={"pneumoniamnist": ("imagenet", "chestmnist")},
-                  source_recipe=dict(BASELINE["paper"], epochs=20, init="imagenet"), seeds=(0, 1, 2),
-                  train_subset=None, batch_size=64, lp_epochs=50, lp_lr=1e-4, ft_epochs=50, ft_lr=1e-5,
-                  ablation_targets=("pneumoniamnist",)),
-}
+    train_subset=1000,
+    batch_size=128,  # the baseline recipe's batch
+    # lr 10x the paper's: sources trained from scratch on 28 px images, and 10-20 epochs, not 50.
+    lp_epochs=10,
+    lp_lr=1e-3,
+    ft_epochs=20,
+    ft_lr=1e-4,
+    ablation_targets=("retinamnist",),  # the ablations (notebook 31) on one target
+)
+
+#: Continuous integration: notebooks 30 and 31 in a few minutes; their numbers mean nothing.
+_SMOKE: dict[str, Any] = dict(
+    _CPU,
+    targets=("breastmnist",),  # the smallest offline dataset, one seed, 256 training images, 2 + 2 epochs
+    source_recipe=BASELINE["smoke"],  # the baseline's smoke sources (2 epochs on 256 images)
+    seeds=(0,),
+    train_subset=256,
+    batch_size=64,  # four steps per epoch on the 256 images
+    lp_epochs=2,
+    ft_epochs=2,
+    ablation_targets=("breastmnist",),  # the main table's target
+)
+
+#: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
+MEDMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
 
 #: Ablations of the MedMerge LP stage (builder options); "zeros" merges source b with zeros.
 ABLATIONS: dict[str, dict[str, Any]] = {

@@ -40,26 +40,39 @@ class NonFiniteLossError(RuntimeError):
 class TrainConfig:
     """Everything ``fit`` needs besides the model and the data."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "multistep"
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    cycle_epochs: float = 4.0
-    linear_probe: bool = False
-    bn_trainable: bool = True
-    augment: str = "medium"
-    label_smoothing: float = 0.0
-    select_metric: str = "auc"
-    restore_best: bool = True
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
+    # Length and batches (fit).
+    epochs: int = 10  # passes over the training split, >= 1; every schedule spans epochs * steps per epoch
+    batch_size: int = 128  # training images per optimizer step, >= 1; an epoch's last batch may be smaller
+
+    # Optimizer (make_optimizer).
+    optimizer: str = "adam"  # one of OPTIMIZERS: "adam", "adamw" (decoupled weight decay), "sgd" (with momentum)
+    lr: float = 1e-3  # base learning rate, > 0: the start of every schedule; alpha_1 (the maximum) of "cyclical"
+    momentum: float = 0.9  # "sgd" only: momentum factor; ignored by "adam" and "adamw"
+    weight_decay: float = 0.0  # >= 0: L2 term added to the gradient ("adam", "sgd") or decoupled decay ("adamw")
+
+    # Learning-rate schedule (medsoup.core.schedules.make_schedule), set by fit before every step.
+    schedule: str = "multistep"  # one of SCHEDULES: "constant", "multistep", "cosine", "cyclical" (FGG's)
+    milestones: tuple[float, ...] = (0.5, 0.75)  # "multistep" only: fractions of all steps where lr is x gamma
+    gamma: float = 0.1  # "multistep" only: factor applied at each milestone
+    min_lr: float = 0.0  # "cosine": the rate it ends at; "cyclical": alpha_2, the rate at mid-cycle; else unused
+    cycle_epochs: float = 4.0  # "cyclical" only: epochs per cycle, rounded to an even number of steps (cycle_length)
+
+    # What is trained (trainable_parameters, _train_mode); without linear_probe, every parameter that requires grad.
+    linear_probe: bool = False  # True: only the head (model.get_classifier()) and, if bn_trainable, BatchNorm
+    bn_trainable: bool = True  # with linear_probe. True: BatchNorm trained, statistics updated; False: frozen (eval)
+
+    # Loss and data (fit, medsoup.core.augment).
+    augment: str = "medium"  # training augmentation, one of AUGMENT_LEVELS: "none", "minimal", "medium", "heavy"
+    label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1]; ignored by multi-label tasks (BCE loss)
+
+    # Model selection (fit): the validation split after every epoch; highest value wins ("loss": lowest).
+    select_metric: str = "auc"  # picks the best epoch: a METRICS name ("acc", "auc", "f1", "recall") or "loss"
+    restore_best: bool = True  # True: end with the best epoch's weights; False: the last epoch's (FGG's fission runs)
+
+    # Randomness and hardware. The run layer also seeds the model's initialisation with seed (runs.store.build_model).
+    seed: int = 0  # seeds fit's batch-order and augmentation generator and torch's global generator
+    device: str = "auto"  # "auto" (CUDA, then MPS, then CPU: resolve_device) or a torch device ("cpu", "cuda:1")
+    amp: bool = True  # bfloat16 autocast of the forward pass on CUDA; no effect on other devices
 
     def __post_init__(self):
         for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),

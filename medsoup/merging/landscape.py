@@ -98,16 +98,38 @@ def lmc_curve(model: nn.Module, state_a: StateDict, state_b: StateDict, data: Me
     return LMCCurve(lambdas, metrics)
 
 
-def barrier(lambdas: Sequence[float], values: Sequence[float], higher_is_better: bool = True) -> float:
-    """Barrier height (Frankle et al. 2020): the largest shortfall of the curve below the straight
-    line between its endpoints (for a loss, pass ``higher_is_better=False``: the largest excess
-    above it). 0 when the path is never worse than the endpoints' interpolation."""
+#: The barrier's reference: the straight line between the endpoint values (Entezari et al. 2022) or their
+#: mean (Frankle et al. 2020).
+BARRIER_DEFINITIONS = ("linear", "mean")
+
+
+def barrier(lambdas: Sequence[float], values: Sequence[float], higher_is_better: bool = True,
+            definition: str = "linear") -> float:
+    """Barrier height of a curve ``values`` at ``lambdas``: how far the path falls below a reference
+    set by its endpoints (``lambdas[0]`` and ``lambdas[-1]``), never below 0.
+
+    ``definition="linear"`` (default): the largest shortfall below the straight line between the
+    endpoint values, the loss barrier of Entezari et al. (2022),
+    ``max_lambda [(1 - t) v_0 + t v_1 - v(lambda)]`` with ``t = (lambda - lambda_0) / (lambda_1 - lambda_0)``;
+    0 when the path is never worse than the endpoints' interpolation.
+
+    ``definition="mean"``: the largest shortfall below the mean of the endpoint values, the error
+    barrier height of Frankle et al. (2020), ``max_lambda [(v_0 + v_1) / 2 - v(lambda)]``; half the
+    endpoints' difference even for a straight path between unequal endpoints.
+
+    For a loss or an error pass ``higher_is_better=False``: the largest excess above the reference.
+    """
+    if definition not in BARRIER_DEFINITIONS:
+        raise ValueError(f"unknown barrier definition {definition!r}; valid: {', '.join(BARRIER_DEFINITIONS)}")
     lam = np.asarray(lambdas, dtype=float)
     v = np.asarray(values, dtype=float)
     if lam.shape != v.shape or lam.size < 2:
         raise ValueError("barrier needs matching lambdas and values, at least two points")
-    line = v[0] + (v[-1] - v[0]) * (lam - lam[0]) / (lam[-1] - lam[0])
-    gap = line - v if higher_is_better else v - line
+    if definition == "linear":
+        reference = v[0] + (v[-1] - v[0]) * (lam - lam[0]) / (lam[-1] - lam[0])
+    else:
+        reference = np.full_like(v, (v[0] + v[-1]) / 2)
+    gap = reference - v if higher_is_better else v - reference
     return float(max(gap.max(), 0.0))
 
 

@@ -63,16 +63,22 @@ class RunConfig:
     """One training run. ``init`` is None (scratch), "imagenet", a checkpoint path, or another
     RunConfig whose final model initialises this one (trained first if not cached)."""
 
-    dataset: str = "pneumoniamnist"
-    size: int = 28
-    model: str = "smallcnn"
-    in_chans: int = 3
-    init: Any = None
-    train: TrainConfig = TrainConfig()
-    train_subset: int | None = None
-    callbacks: tuple = ()
-    builder: str = "create"
-    builder_params: dict = field(default_factory=dict)
+    # Data (load_dataset) and model (build_model, create_model).
+    dataset: str = "pneumoniamnist"  # a 2-D MedMNIST flag (medsoup.core.data.DATASETS)
+    size: int = 28  # image side in pixels, one of 28, 64, 128, 224 (MedMNIST+ files <flag>_<size>.npz beyond 28)
+    model: str = "smallcnn"  # "smallcnn" or a timm name of a family in medsoup.core.models.FAMILIES
+    in_chans: int = 3  # input channels the model is built with; grayscale images are repeated to 3 when it has 3
+    init: Any = None  # None (random), "imagenet", a checkpoint path or a RunConfig (see the class docstring)
+
+    # Training (fit) and what it sees.
+    train: TrainConfig = TrainConfig()  # optimizer, schedule, epochs, seed, ...; a dict is turned into a TrainConfig
+    train_subset: int | None = None  # None: the whole training split; n: n training images, class-stratified
+    callbacks: tuple = ()  # (name, params) pairs: CALLBACKS[name](**params) acts during training (e.g. "inmerge")
+
+    # Model builder: "create" builds with create_model from model/in_chans/size/init; another name in BUILDERS
+    # builds (and exports) the model itself from builder_params (e.g. "medmerge" and its two sources).
+    builder: str = "create"  # "create" or a name in BUILDERS
+    builder_params: dict = field(default_factory=dict)  # the builder's keyword options; {} for "create"
 
     def __post_init__(self):
         check_dataset(self.dataset, self.size)
