@@ -14,14 +14,15 @@ Three parts, each a few minutes on a busy 2-core machine:
   variants interleaved and the median over rounds reported, as a ratio to ``smallcnn`` at 28 px:
   Lite0 at 28 px with the stride-1 stem (medsoup's adaptation), 28 px upsampled on the fly to 56
   (same final map, stride-2 stem), 64 and 128, and 64 px images (BreastMNIST 64) as they are.
-``probe``: BreastMNIST 64 px (the official ``breastmnist_64.npz``), 2 epochs (``--epochs``), seed 0, batch 32,
-  ``medium`` augmentation, Adam, ``fit``'s best-validation-AUC epoch: Lite0 linear probe (ImageNet,
-  BN frozen, lr 1e-3), Lite0 fine-tuned (ImageNet, lr 1e-4; ``ft-fast``: 1e-3), Lite0 from random init (lr 1e-3) and
-  ``smallcnn`` from random init (lr 1e-3), TrainConfig's multistep schedule (x0.1 at 50 % and
-  75 %). One seed: an indication, not a comparison.
+``probe``: BreastMNIST 64 px (the official ``breastmnist_64.npz``), 2 epochs (``--epochs``), seed 0,
+  batch 32, ``medium`` augmentation, Adam, TrainConfig's multistep schedule (x0.1 at 50 % and 75 %),
+  ``fit``'s best-validation-AUC epoch: Lite0 linear probe (ImageNet, BN frozen, lr 1e-3), Lite0
+  fine-tuned (ImageNet, lr 1e-4; ``ft-fast``: 1e-3), Lite0 and ``smallcnn`` from random init (lr 1e-3).
+  ``--size 28`` runs the same on 28-px images, where ``ft-fast-up56`` compares upsampling to 56 px
+  (stride-2 stem) with medsoup's stride-1 stem. One seed: an indication, not a comparison.
 
-    python benchmarks/bench_pretrained.py [--part variants|steps|probe|all] [--rounds 3]
-                                          [--epochs 2] [--runs lp,ft,ft-fast,scratch,smallcnn]
+    python benchmarks/bench_pretrained.py [--part variants|steps|probe|all] [--rounds 3] [--size 64]
+                                          [--epochs 2] [--runs lp,ft,ft-fast,ft-fast-up56,scratch,smallcnn]
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def bn_agreement(model: nn.Module, images: torch.Tensor) -> tuple[list[float], l
         x = inputs[0]
         std = module.running_var.add(module.eps).sqrt()
         means.append(((x.mean((0, 2, 3)) - module.running_mean).abs() / std).mean().item())
-        variances.append((x.var((0, 2, 3)).add(module.eps) / module.running_var.add(module.eps)).log().abs().mean().item())
+        ratio = x.var((0, 2, 3)).add(module.eps) / module.running_var.add(module.eps)
+        variances.append(ratio.log().abs().mean().item())
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
@@ -83,7 +85,8 @@ def part_variants() -> None:
     images = torch.cat([photo(n) for n in PHOTOS])
     state = imagenet_lite0_state()
     print(f"variants: {len(PHOTOS)} scikit-image photographs at 224 px ({', '.join(PHOTOS)})")
-    print(f"{'model':24s} {'input':24s} {'|dmean|/sd first':>16s} {'all BN':>7s} {'|log var ratio|':>15s}  top-5 chelsea / coffee")
+    print(f"{'model':24s} {'input':24s} {'|dmean|/sd first':>16s} {'all BN':>7s} {'|log var ratio|':>15s}  "
+          "top-5 chelsea / coffee")
     for name in ("efficientnet_lite0", "tf_efficientnet_lite0"):
         model = timm.create_model(name).eval()
         model.load_state_dict(state)
@@ -134,23 +137,34 @@ def part_steps(rounds: int, batch: int = 64) -> None:
               f"{statistics.median(values) / reference:14.2f}")
 
 
+# name: (label, model, init, TrainConfig options, side the images are upsampled to or None)
 PROBE_RUNS = {"lp": ("lite0 linear probe (ImageNet)", "tf_efficientnet_lite0", "imagenet",
-                     dict(lr=1e-3, linear_probe=True, bn_trainable=False)),
-              "ft": ("lite0 fine-tune (ImageNet)", "tf_efficientnet_lite0", "imagenet", dict(lr=1e-4)),
-              "ft-fast": ("lite0 fine-tune (ImageNet)", "tf_efficientnet_lite0", "imagenet", dict(lr=1e-3)),
-              "scratch": ("lite0 from scratch", "tf_efficientnet_lite0", None, dict(lr=1e-3)),
-              "smallcnn": ("smallcnn from scratch", "smallcnn", None, dict(lr=1e-3))}
+                     dict(lr=1e-3, linear_probe=True, bn_trainable=False), None),
+              "ft": ("lite0 fine-tune (ImageNet)", "tf_efficientnet_lite0", "imagenet", dict(lr=1e-4), None),
+              "ft-fast": ("lite0 fine-tune (ImageNet)", "tf_efficientnet_lite0", "imagenet", dict(lr=1e-3), None),
+              "ft-fast-up56": ("lite0 fine-tune, -> 56 upsampled", "tf_efficientnet_lite0", "imagenet",
+                               dict(lr=1e-3), 56),
+              "scratch": ("lite0 from scratch", "tf_efficientnet_lite0", None, dict(lr=1e-3), None),
+              "smallcnn": ("smallcnn from scratch", "smallcnn", None, dict(lr=1e-3), None)}
 
 
-def part_probe(epochs: int, names: list[str]) -> None:
-    data = load_dataset("breastmnist", 64)
-    runs = [PROBE_RUNS[n] for n in names]
-    print(f"probe: breastmnist 64 px ({len(data.splits['train'])} train / {len(data.splits['val'])} val / "
+def probe_model(name: str, init: str | None, num_classes: int, size: int, upsample: int | None) -> nn.Module:
+    """``create_model`` at ``size`` px, or at 64 px (stride-2 stem) behind a bilinear upsampling."""
+    if upsample is None:
+        return create_model(name, num_classes, 1, size, pretrained=init)
+    return nn.Sequential(nn.Upsample(size=(upsample, upsample), mode="bilinear", align_corners=False),
+                         create_model(name, num_classes, 1, 64, pretrained=init))
+
+
+def part_probe(size: int, epochs: int, names: list[str]) -> None:
+    data = load_dataset("breastmnist", size)
+    print(f"probe: breastmnist {size} px ({len(data.splits['train'])} train / {len(data.splits['val'])} val / "
           f"{len(data.splits['test'])} test), {epochs} epochs, seed 0, batch 32, medium augmentation, Adam")
-    print(f"{'run':32s} {'lr':>7s} {'best ep':>7s} {'val auc':>8s} {'val acc':>8s} {'test auc':>8s} {'test acc':>8s} {'wall s':>7s}")
-    for label, name, init, options in runs:
+    print(f"{'run':32s} {'lr':>7s} {'best ep':>7s} {'val auc':>8s} {'val acc':>8s} {'test auc':>8s} "
+          f"{'test acc':>8s} {'wall s':>7s}")
+    for label, name, init, options, upsample in (PROBE_RUNS[n] for n in names):
         torch.manual_seed(0)
-        model = create_model(name, data.num_classes, 1, 64, pretrained=init)
+        model = probe_model(name, init, data.num_classes, size, upsample)
         config = TrainConfig(epochs=epochs, batch_size=32, seed=0, device="cpu", **options)
         result = fit(model, data, config, progress=False)
         print(f"{label:32s} {config.lr:7.0e} {result.best_epoch:7d} {result.val['auc']:8.3f} {result.val['acc']:8.3f} "
@@ -162,6 +176,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("variants", "steps", "probe", "all"), default="all")
     parser.add_argument("--rounds", type=int, default=3, help="steps: timed rounds")
     parser.add_argument("--epochs", type=int, default=2, help="probe: epochs per run")
+    parser.add_argument("--size", type=int, choices=(28, 64), default=64, help="probe: BreastMNIST image size")
     parser.add_argument("--runs", default="lp,ft,scratch,smallcnn", help=f"probe: some of {','.join(PROBE_RUNS)}")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -172,7 +187,7 @@ def main() -> None:
     if args.part in ("steps", "all"):
         part_steps(args.rounds)
     if args.part in ("probe", "all"):
-        part_probe(args.epochs, args.runs.split(","))
+        part_probe(args.size, args.epochs, args.runs.split(","))
 
 
 if __name__ == "__main__":
