@@ -24,6 +24,8 @@ def test_smallcnn_shapes(in_chans):
     ("deit_tiny_patch16_224", 28, "head.weight"),
     ("deit_tiny_patch16_224", 64, "head.weight"),
     ("vgg11", 28, "head.fc.weight"),
+    ("tf_efficientnet_lite0", 28, "classifier.weight"),
+    ("efficientnet_lite0", 64, "classifier.weight"),
     pytest.param("densenet121", 28, "classifier.weight", marks=pytest.mark.slow),
     pytest.param("vgg11", 64, "head.fc.weight", marks=pytest.mark.slow),
 ])
@@ -35,6 +37,9 @@ def test_timm_models_at_small_sizes(name, size, head):
     assert len(models.conv_layers(model)) >= 1
     if name.startswith("deit"):
         assert model.patch_embed.proj.kernel_size == {28: (4, 4), 64: (8, 8)}[size]
+    if "efficientnet" in name:
+        assert model.conv_stem.stride == {28: (1, 1), 64: (2, 2)}[size]
+        assert model.forward_features(torch.randn(1, 3, size, size)).shape[-2:] == (2, 2)
 
 
 def test_resnet_28px_adaptation_keeps_parameter_shapes():
@@ -49,7 +54,9 @@ def test_resnet_28px_adaptation_keeps_parameter_shapes():
 
 
 @pytest.mark.parametrize("name,pattern", [
-    ("alexnet", "'alexnet'.*smallcnn, vgg, resnet, densenet, deit"),
+    ("alexnet", "'alexnet'.*smallcnn, vgg, resnet, densenet, efficientnet, deit"),
+    ("tf_alexnet", "'tf_alexnet'.*valid families"),
+    ("efficientnet_lite9", "'efficientnet_lite9'.*efficientnet_lite0"),
     ("resnet7", "'resnet7'.*resnet18"),
     ("smallcnn2", "'smallcnn2'.*'smallcnn'"),
 ])
@@ -71,12 +78,25 @@ def test_imagenet_weights_fail_fast_and_clearly_offline(monkeypatch):
         models.create_model("smallcnn", 2, pretrained="imagenet")
 
 
-def test_pretrained_checkpoint_loads_backbone_and_fitting_head(tmp_path):
-    source = models.create_model("smallcnn", 3)
+def test_family_of_knows_timm_tf_ports():
+    assert models.family_of("tf_efficientnet_lite0") == models.family_of("efficientnet_b0") == "efficientnet"
+
+
+def test_pretrained_checkpoint_loads_backbone_and_a_fresh_head(tmp_path):
+    """Regression: with equal class counts (Breast <-> Pneumonia) the source's head was kept, so
+    FT and LP-FT from a source started from another task's classifier."""
+    source = models.create_model("smallcnn", 2)
     ckpt.save_checkpoint(tmp_path / "source", source.state_dict())
-    same = models.create_model("smallcnn", 3, pretrained=tmp_path / "source.safetensors")
+    torch.manual_seed(7)
+    same = models.create_model("smallcnn", 2, pretrained=tmp_path / "source.safetensors")
+    torch.manual_seed(7)
+    fresh = models.create_model("smallcnn", 2)
     for key, value in source.state_dict().items():
-        assert torch.equal(same.state_dict()[key], value), key
+        if key.startswith("head."):
+            assert not torch.equal(same.state_dict()[key], value), key
+            assert torch.equal(same.state_dict()[key], fresh.state_dict()[key]), key
+        else:
+            assert torch.equal(same.state_dict()[key], value), key
     other = models.create_model("smallcnn", 5, pretrained=tmp_path / "source")
     assert other.head.weight.shape == (5, 128)
     for key, value in source.state_dict().items():

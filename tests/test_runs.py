@@ -50,7 +50,7 @@ class EpochLog(Callback):
 @pytest.mark.parametrize("changes,pattern", [
     ({"dataset": "mnist"}, "unknown dataset 'mnist'; valid 2D MedMNIST datasets: bloodmnist, breastmnist"),
     ({"size": 32}, "unknown image size 32.*valid sizes"),
-    ({"model": "efficientnet_b0"}, "unknown model 'efficientnet_b0'; valid families: smallcnn, vgg"),
+    ({"model": "alexnet"}, "unknown model 'alexnet'; valid families: smallcnn, vgg"),
     ({"callbacks": (("ema", {}),)}, "unknown callback 'ema'; valid: cycle_snapshots, inmerge"),
     ({"builder": "magic"}, "unknown builder 'magic'; valid: create, medmerge"),
 ])

@@ -1,4 +1,4 @@
-"""``create_model``: timm's VGG, ResNet, DenseNet and DeiT families plus a small CPU CNN.
+"""``create_model``: timm's VGG, ResNet, DenseNet, EfficientNet and DeiT families plus a small CPU CNN.
 
 Adaptations for small MedMNIST images keep every parameter shape of the timm model, so ImageNet
 weights and medsoup checkpoints load unchanged:
@@ -7,10 +7,16 @@ weights and medsoup checkpoints load unchanged:
   removed as well (as in MedMNIST v2's ResNets), at 64 px it is kept.
 * VGG: at 28 px the last max-pool is removed (28 -> 14 -> 7 -> 3 -> 1), otherwise unchanged;
   timm's ``pre_logits`` block pools small maps up to its 7x7 window itself.
+* EfficientNet: at 28 px the stem convolution runs with stride 1 (final feature map 2x2, as at
+  64 px with the stride-2 stem); at 64 px unchanged.
 * DeiT: patch size 4 at 28 px and 8 at 64 px (timm resamples pretrained patch embeddings and
   position embeddings to the new grid).
 * ``smallcnn``: three stages of two 3x3 conv + BN + ReLU blocks (32, 64, 128 channels), global
   average pooling and a linear head; a few seconds per epoch on two CPU cores at 28 px.
+
+``pretrained="imagenet"`` goes through timm's Hugging Face hub loading, except for
+EfficientNet-Lite0, whose ImageNet weights come offline from a registry package
+(:mod:`medsoup.core.pretrained`).
 """
 
 from __future__ import annotations
@@ -23,12 +29,9 @@ import torch
 from torch import nn
 
 from medsoup.core.checkpoint import load_checkpoint, load_state_into
+from medsoup.core.pretrained import LITE0_MODELS, PretrainedWeightsError, adapt_stem, imagenet_lite0_state
 
-FAMILIES = ("smallcnn", "vgg", "resnet", "densenet", "deit")
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were asked for but cannot be obtained."""
+FAMILIES = ("smallcnn", "vgg", "resnet", "densenet", "efficientnet", "deit")
 
 
 class SmallCNN(nn.Module):
@@ -60,16 +63,18 @@ class SmallCNN(nn.Module):
 
 
 def family_of(name: str) -> str:
+    """The family of a model name; timm's TF ports (``tf_`` prefix) belong to their family."""
     for family in FAMILIES:
-        if name.startswith(family):
+        if name.removeprefix("tf_").startswith(family):
             return family
-    raise ValueError(f"unknown model {name!r}; valid families: {', '.join(FAMILIES)} "
-                     f"(e.g. smallcnn, vgg19_bn, resnet18, densenet121, deit_tiny_patch16_224)")
+    raise ValueError(f"unknown model {name!r}; valid families: {', '.join(FAMILIES)} (e.g. smallcnn, "
+                     f"vgg19_bn, resnet18, densenet121, tf_efficientnet_lite0, deit_tiny_patch16_224)")
 
 
 def _check_timm_name(name: str) -> None:
     if name not in timm.list_models():
-        close = [m for m in timm.list_models(f"{family_of(name)}*")][:20]
+        close = (timm.list_models(f"{name.rstrip('0123456789')}*")
+                 or timm.list_models(f"{family_of(name)}*"))[:20]
         raise ValueError(f"unknown model {name!r}; timm models of this family include: {', '.join(close)}")
 
 
@@ -84,6 +89,8 @@ def _adapt_to_size(model: nn.Module, family: str, img_size: int) -> None:
         model.features.conv0.stride = (1, 1)
         if img_size == 28:
             model.features.pool0 = nn.Identity()
+    elif family == "efficientnet" and img_size == 28:
+        model.conv_stem.stride = (1, 1)
     elif family == "vgg" and img_size == 28:
         pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
         model.features[pools[-1]] = nn.Identity()
@@ -103,6 +110,10 @@ def _timm_model(name: str, family: str, num_classes: int, in_chans: int, img_siz
         kwargs.update(img_size=img_size, patch_size={28: 4, 64: 8}.get(img_size, 16))
     if not imagenet:
         return timm.create_model(name, pretrained=False, **kwargs)
+    if name in LITE0_MODELS:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        _load_backbone(model, adapt_stem(imagenet_lite0_state(), in_chans), keep_fitting_head=True)
+        return model
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
@@ -120,9 +131,12 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int =
                  pretrained: str | os.PathLike | None = None) -> nn.Module:
     """Build a classifier for ``img_size`` px images with ``num_classes`` outputs.
 
-    ``pretrained``: ``None`` (random init), ``"imagenet"`` (timm's hub loading; fails with
-    :class:`PretrainedWeightsError` offline) or the path of a medsoup checkpoint of the same
-    architecture (its head is kept when the class count matches, re-initialised otherwise).
+    ``pretrained``: ``None`` (random init), ``"imagenet"`` or the path of a medsoup checkpoint of
+    the same architecture. ImageNet weights come offline for ``tf_efficientnet_lite0`` and
+    ``efficientnet_lite0`` (:mod:`medsoup.core.pretrained`; the TF variant is the measured match)
+    and through timm's hub loading otherwise (fails with :class:`PretrainedWeightsError` offline);
+    the ImageNet classifier is kept only for 1000 classes. A checkpoint gives the backbone only:
+    every transfer starts from a fresh head, seeded like a model without ``pretrained``.
     """
     family = family_of(name)
     if img_size not in (28, 64, 128, 224):
@@ -143,13 +157,21 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int =
     return model
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a medsoup checkpoint's backbone into ``model``; the head too if its shape fits."""
-    state, _ = load_checkpoint(Path(path))
+def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], keep_fitting_head: bool) -> None:
+    """Copy ``state`` into ``model``; its head only if ``keep_fitting_head`` and the shapes fit."""
     own = model.state_dict()
     head = classifier_keys(model)
-    fits = all(k in state and state[k].shape == own[k].shape for k in head)
+    fits = keep_fitting_head and all(k in state and state[k].shape == own[k].shape for k in head)
     load_state_into(model, state, ignore=() if fits else head)
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a medsoup checkpoint's backbone into ``model``, keeping the model's own fresh head.
+
+    The source's head belongs to another task even when the class counts match, so it is never
+    loaded (FT and LP-FT baselines start from a new head, as MedMerge does)."""
+    state, _ = load_checkpoint(Path(path))
+    _load_backbone(model, state, keep_fitting_head=False)
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
