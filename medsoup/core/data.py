@@ -124,6 +124,11 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
     folder = data_root(root)
     path = folder / file_name(name, size)
     expected = official_md5(name, size)
+    if folder.exists() and not folder.is_dir():
+        raise DatasetError(f"the data folder {folder} is a file, not a folder; point ${DATA_ENV} (or root=) "
+                           "at the folder that holds the MedMNIST .npz files")
+    if path.exists() and not path.is_file():
+        raise DatasetError(f"{path} is not a file (a folder?); put the official {path.name} there instead")
     if path.exists():
         verify_md5(path, expected)
         return path
@@ -168,6 +173,12 @@ def read_npz(path: Path, name: str, size: int) -> dict[str, np.ndarray]:
             raise DatasetError(f"{path}: {split}_images has shape {images.shape} and dtype {images.dtype}, "
                                f"expected (N, {', '.join(map(str, spatial))}) uint8 with {len(labels)} labels")
     return arrays
+
+
+def check_train_subset(n: int | None) -> None:
+    """``train_subset`` is None (the whole split) or a whole number of images >= 1."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"train_subset must be None (every training image) or a whole number >= 1, got {n!r}")
 
 
 def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -271,6 +282,7 @@ def load_dataset(name: str, size: int = 28, *, root: str | os.PathLike | None = 
     ``train_subset`` keeps a class-stratified subset of that many training images (validation and
     test stay whole, so numbers remain comparable with published ones).
     """
+    check_train_subset(train_subset)
     path = ensure_file(name, size, root, download)
     data = from_arrays(name, size, read_npz(path, name, size))
     if train_subset is not None:
