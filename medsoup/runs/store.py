@@ -223,6 +223,7 @@ def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: boo
     key = run_key(config)
     folder = cache_root(cache) / key
     if (folder / "result.json").exists():
+        ckpt.remove_checkpoint(folder / "resume")  # left by a kill between result.json and its removal
         return RunResult.load(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=1, default=str))
