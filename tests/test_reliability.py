@@ -133,6 +133,28 @@ def test_data_paths_of_the_wrong_kind_are_named(tmp_path):
         md.load_dataset("breastmnist", train_subset=0)
 
 
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_staging_folders_of_killed_downloads_are_removed(monkeypatch, tmp_path):
+    root = tmp_path / "data"
+    dead = root / f".download-dermamnist-{_dead_pid()}-abc123"
+    dead.mkdir(parents=True)
+    (dead / "dermamnist.npz").write_bytes(b"half a download")
+    live = root / f".download-dermamnist-{os.getpid()}-def456"  # a download under way in this process
+    live.mkdir()
+
+    def fail(name, size, folder):
+        raise RuntimeError("network unreachable")
+
+    monkeypatch.setattr(md, "_download_with_medmnist", fail)
+    with pytest.raises(md.DatasetError, match="network unreachable"):
+        md.load_dataset("dermamnist", root=root)
+    assert sorted(p.name for p in root.iterdir()) == [live.name]
+
+
 def test_a_result_that_is_not_json_is_named(run_cache):
     result = runs.run(SHORT.with_train(epochs=1), progress=False)
     (result.path / "result.json").write_text("{truncated")

@@ -50,7 +50,8 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,10 +67,14 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     Temporary names are ``.<name>.<pid>.<random>.tmp``; a file whose writer process no longer
     exists can never be moved into place. Files of live processes (a concurrent writer) are kept.
     """
-    removed = []
-    for candidate in path.parent.glob(f"{_temp_prefix(path)}*.tmp"):
-        pid = candidate.name[len(_temp_prefix(path)):].split(".", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    removed, prefix = [], _temp_prefix(path)
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        if not (candidate.name.startswith(prefix) and candidate.name.endswith(".tmp")):
+            continue
+        pid = candidate.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
@@ -137,13 +142,19 @@ def save_checkpoint(stem: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
     return path
 
 
-def _read(stem: str | os.PathLike) -> tuple[Path, bytes]:
+def _read(stem: str | os.PathLike, header_only: bool = False) -> tuple[Path, bytes]:
+    """The checkpoint's path and its bytes (with ``header_only``, the length and header only)."""
     path = checkpoint_path(stem)
     if not path.exists():
         raise CheckpointError(f"checkpoint file {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
-    return path, path.read_bytes()
+    if not header_only:
+        return path, path.read_bytes()
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+        size = int.from_bytes(start, "little") if len(start) == 8 else 0
+        return path, start + handle.read(min(size, 100_000_000))  # safetensors' own header limit
 
 
 def load_checkpoint(stem: str | os.PathLike, device: str | torch.device = "cpu"
@@ -164,7 +175,7 @@ def load_checkpoint(stem: str | os.PathLike, device: str | torch.device = "cpu"
 
 def load_metadata(stem: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata of a checkpoint (its tensors are not read or verified)."""
-    path, payload = _read(stem)
+    path, payload = _read(stem, header_only=True)
     return _medsoup_metadata(_split(payload, path)[0], path)[0]
 
 

@@ -23,6 +23,7 @@ import torch
 from medmnist import INFO
 
 from medsoup.core.augment import augment_batch, normalise
+from medsoup.core.checkpoint import process_alive
 from medsoup.core.paths import project_folder
 
 SIZES = (28, 64, 128, 224)
@@ -135,7 +136,8 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
     if not download:
         raise DatasetError(_missing_message(name, size, folder, "download=False"))
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".download-{name}-", dir=folder))
+    remove_stale_downloads(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".download-{name}-{os.getpid()}-", dir=folder))
     try:
         try:
             _download_with_medmnist(name, size, staging)
@@ -147,6 +149,14 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def remove_stale_downloads(folder: Path) -> None:
+    """Delete the staging folders ``.download-<name>-<pid>-*`` of downloads whose process was killed."""
+    for staging in folder.glob(".download-*"):
+        pid = staging.name.split("-")[-2] if staging.name.count("-") >= 3 else ""
+        if staging.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _missing_message(name: str, size: int, folder: Path, reason: str) -> str:
