@@ -5,7 +5,7 @@
     python -m medsoup.book all --profile auto        # execute every notebook, then build
 
 Execution: each source notebook ``notebooks/<name>.ipynb`` (committed without outputs) runs
-through papermill with ``parameters={"profile": profile, **parameters}`` into the build product
+through papermill with those of ``{"profile": profile, **parameters}`` it declares into the build product
 ``book/executed/<name>.ipynb``, which ``_toc.yml`` lists. The kernel's working directory is the
 repository root, the same as for ``pytest``, the ``medsoup`` CLIs and the README's ``papermill``
 example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset.
