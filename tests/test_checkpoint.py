@@ -88,13 +88,16 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     import sys
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    left = tmp_path / f".m.safetensors.{dead_pid}.abc123.tmp"  # what a write killed before its move leaves
+    left = tmp_path / f".m.safetensors.{ckpt.writer_tag(dead_pid)}.abc123.tmp"  # a write killed before its move
     left.write_bytes(b"partial")
-    alive = tmp_path / f".m.safetensors.{os.getpid()}.def456.tmp"  # a concurrent writer's: kept
+    alive = tmp_path / f".m.safetensors.{ckpt.writer_tag()}.def456.tmp"  # a concurrent writer's: kept
     alive.write_bytes(b"partial")
+    elsewhere = tmp_path / f".m.safetensors.{dead_pid}_otherhost.ghi789.tmp"  # another machine's: kept
+    elsewhere.write_bytes(b"partial")
     ckpt.save_checkpoint(tmp_path / "m", _tensors(1.0))
-    assert not left.exists() and alive.exists()
+    assert not left.exists() and alive.exists() and elsewhere.exists()
     alive.unlink()
+    elsewhere.unlink()
     left.write_bytes(b"partial")
     ckpt.remove_checkpoint(tmp_path / "m")
     assert list(tmp_path.iterdir()) == []

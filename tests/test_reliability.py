@@ -140,10 +140,10 @@ def _dead_pid() -> int:
 
 def test_staging_folders_of_killed_downloads_are_removed(monkeypatch, tmp_path):
     root = tmp_path / "data"
-    dead = root / f".download-dermamnist-{_dead_pid()}-abc123"
+    dead = root / f".download-dermamnist-{ckpt.writer_tag(_dead_pid())}-abc123"
     dead.mkdir(parents=True)
     (dead / "dermamnist.npz").write_bytes(b"half a download")
-    live = root / f".download-dermamnist-{os.getpid()}-def456"  # a download under way in this process
+    live = root / f".download-dermamnist-{ckpt.writer_tag()}-def456"  # a download under way in this process
     live.mkdir()
 
     def fail(name, size, folder):

@@ -5,8 +5,8 @@ travels inside the file, in the safetensors header's ``__metadata__`` (a str -> 
 with the SHA-256 of the tensor bytes. The file is written to a temporary file in the same folder
 and moved into place with one ``os.replace``: that move is the single commit point, so a kill at
 any instant leaves the old checkpoint or the new one, never a mix of the two. Temporary files of
-writes killed before their move are named after the process that wrote them and removed by the
-next write of the same file once that process is gone.
+writes killed before their move are named after the process (and machine) that wrote them and
+removed by the next write of the same file on that machine once that process is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,22 +52,35 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with id ``pid`` exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
+def writer_tag(pid: int | None = None) -> str:
+    """``<pid>_<host>``: names a temporary file or folder after the process that writes it."""
+    return f"{os.getpid() if pid is None else pid}_{_HOST}"
+
+
+def written_by_dead_process(tag: str) -> bool:
+    """Whether a :func:`writer_tag` names a process of this machine that no longer exists (its
+    temporaries can never be completed). Tags of other machines are never judged."""
+    pid, _, host = tag.partition("_")
+    if host != _HOST or not pid.isdigit():
         return False
-    except PermissionError:  # a process of another user holds that id
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
         return True
-    return True
+    except PermissionError:  # a process of another user holds that id
+        return False
+    return False
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete temporary files of ``path`` left by writers that were killed; return them.
 
-    Temporary names are ``.<name>.<pid>.<random>.tmp``; a file whose writer process no longer
-    exists can never be moved into place. Files of live processes (a concurrent writer) are kept.
+    Temporary names are ``.<name>.<writer_tag>.<random>.tmp``; a file whose writer process no longer
+    exists can never be moved into place. Files of live processes (a concurrent writer) and of other
+    machines sharing the folder are kept.
     """
     removed, prefix = [], _temp_prefix(path)
     if not path.parent.is_dir():
@@ -73,8 +88,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     for candidate in path.parent.iterdir():
         if not (candidate.name.startswith(prefix) and candidate.name.endswith(".tmp")):
             continue
-        pid = candidate.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+        if written_by_dead_process(candidate.name[len(prefix):].split(".", 1)[0]):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
@@ -89,7 +103,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{writer_tag()}.", suffix=".tmp", dir=path.parent)
     try:
         _write_all(fd, payload)
         os.replace(tmp, path)

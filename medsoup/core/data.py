@@ -23,7 +23,7 @@ import torch
 from medmnist import INFO
 
 from medsoup.core.augment import augment_batch, normalise
-from medsoup.core.checkpoint import process_alive
+from medsoup.core.checkpoint import writer_tag, written_by_dead_process
 from medsoup.core.paths import project_folder
 
 SIZES = (28, 64, 128, 224)
@@ -137,7 +137,7 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
         raise DatasetError(_missing_message(name, size, folder, "download=False"))
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_downloads(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".download-{name}-{os.getpid()}-", dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=f".download-{name}-{writer_tag()}-", dir=folder))
     try:
         try:
             _download_with_medmnist(name, size, staging)
@@ -152,10 +152,10 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
 
 
 def remove_stale_downloads(folder: Path) -> None:
-    """Delete the staging folders ``.download-<name>-<pid>-*`` of downloads whose process was killed."""
+    """Delete the staging folders ``.download-<name>-<writer_tag>-*`` of downloads whose process was killed."""
     for staging in folder.glob(".download-*"):
-        pid = staging.name.split("-")[-2] if staging.name.count("-") >= 3 else ""
-        if staging.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+        parts = staging.name.split("-")
+        if staging.is_dir() and len(parts) == 4 and written_by_dead_process(parts[2]):
             shutil.rmtree(staging, ignore_errors=True)
 
 
