@@ -290,3 +290,19 @@ def test_resume_from_a_checkpoint_of_another_run_is_refused_by_name(tiny_data, t
     with pytest.raises(ckpt.CheckpointError, match=pattern):
         _fit(arguments["data"], arguments["config"], checkpoint=tmp_path / "resume", model=arguments.get("model"))
     assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 1  # refused, not overwritten
+
+
+def test_a_corrupted_resume_checkpoint_is_set_aside_and_training_starts_over(tiny_data, tmp_path):
+    config = TINY_TRAIN.replace(epochs=3)
+    _, whole = _fit(tiny_data, config)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_data, config, [StopAfter(2)], checkpoint=tmp_path / "resume")
+    path = tmp_path / "resume.safetensors"
+    payload = bytearray(path.read_bytes())
+    payload[-1] ^= 0xFF  # a flipped byte on disk
+    path.write_bytes(bytes(payload))
+    with pytest.warns(UserWarning, match="do not match the SHA-256.*moved to .*resume.unreadable-1.safetensors"):
+        _, again = _fit(tiny_data, config, checkpoint=tmp_path / "resume")
+    assert again.val == whole.val and again.test == whole.test
+    assert (tmp_path / "resume.unreadable-1.safetensors").read_bytes() == bytes(payload)
+    assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 3

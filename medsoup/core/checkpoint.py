@@ -12,6 +12,7 @@ removed by the next write of the same file on that machine once that process is 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -191,6 +192,17 @@ def load_metadata(stem: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata of a checkpoint (its tensors are not read or verified)."""
     path, payload = _read(stem, header_only=True)
     return _medsoup_metadata(_split(payload, path)[0], path)[0]
+
+
+def set_aside(stem: str | os.PathLike) -> Path:
+    """Rename an unusable checkpoint to ``<stem>.unreadable-<n>.safetensors`` (kept for inspection)
+    and return the new path."""
+    path = checkpoint_path(stem)
+    for n in itertools.count(1):
+        aside = path.with_name(f"{path.stem}.unreadable-{n}{path.suffix}")
+        if not aside.exists():
+            os.replace(path, aside)
+            return aside
 
 
 def remove_checkpoint(stem: str | os.PathLike) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -268,8 +269,21 @@ def _save_state(stem, model, best_state, optimizer, generator, callbacks, meta) 
     ckpt.save_checkpoint(stem, tensors, meta)
 
 
-def _load_state(stem, model, optimizer, generator, callbacks) -> tuple[dict, dict]:
-    tensors, meta = ckpt.load_checkpoint(stem)
+def _read_resume_state(stem) -> tuple[dict, dict] | None:
+    """The resume checkpoint's ``(tensors, metadata)``; None when there is none. An unreadable one
+    (corrupted on disk) is set aside with a warning, so that training starts over instead of failing
+    for good."""
+    if stem is None or not ckpt.exists(stem):
+        return None
+    try:
+        return ckpt.load_checkpoint(stem)
+    except ckpt.CheckpointError as error:
+        aside = ckpt.set_aside(stem)
+        warnings.warn(f"{error}; it was moved to {aside} and training starts from the first epoch", stacklevel=3)
+        return None
+
+
+def _load_state(tensors, model, optimizer, generator, callbacks) -> dict:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     state = optimizer.state_dict()
@@ -284,7 +298,7 @@ def _load_state(stem, model, optimizer, generator, callbacks) -> tuple[dict, dic
     for i, callback in enumerate(callbacks):
         prefix = f"callback{i}."
         callback.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return best, meta
+    return best
 
 
 _STOPPED = ("training stopped (lr {lr:g}). The last checkpoint written, if any, is left intact; "
@@ -300,7 +314,8 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     ``requires_grad`` flags as they were before the call. Raises :class:`NonFiniteLossError` if
     the loss (checked every step), the weights or BatchNorm statistics (every epoch) or the
     validation outputs become NaN/inf; the last good epoch's checkpoint (if any) is left intact.
-    A checkpoint written for another config, data or model is refused, naming the difference.
+    A checkpoint written for another config, data or model is refused, naming the difference; an
+    unreadable (corrupted) one is set aside with a warning and training starts over.
     """
     callbacks = list(callbacks)
     device = resolve_device(config.device)
@@ -325,9 +340,11 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_epoch, elapsed = 0, 0.0
     signature = resume_signature(model, data, config)
-    if checkpoint is not None and ckpt.exists(checkpoint):
-        check_resume_signature(checkpoint, ckpt.load_metadata(checkpoint).get("signature"), signature)
-        best_state, meta = _load_state(checkpoint, model, optimizer, generator, callbacks)
+    resumed = _read_resume_state(checkpoint)
+    if resumed is not None:
+        tensors, meta = resumed
+        check_resume_signature(checkpoint, meta.get("signature"), signature)
+        best_state = _load_state(tensors, model, optimizer, generator, callbacks)
         start_epoch, elapsed = meta["epochs_done"], meta["wall_time"]
         result.history, result.best_epoch, result.best_score = meta["history"], meta["best_epoch"], meta["best_score"]
     for callback in callbacks:
