@@ -16,6 +16,7 @@ import torch
 from medsoup.core import checkpoint as ckpt
 from medsoup.core import data as md
 from medsoup.core.models import create_model
+from medsoup.core.train import NonFiniteLossError
 from medsoup.runs import store as runs
 from tests.conftest import ROOT, real_file
 from tests.test_runs import CONFIG, _same, breast_file  # noqa: F401  (breast_file: autouse fixture)
@@ -90,6 +91,13 @@ def test_sigkill_at_random_instants_then_the_same_result(tmp_path):
     resumed = runs.run(SHORT, cache=cache, progress=False)
     assert _same(resumed, whole)
     assert _leftovers(resumed.path) == []
+
+
+def test_a_huge_sgd_step_is_never_cached_as_a_result(run_cache):
+    config = SHORT.with_train(optimizer="sgd", lr=1e6, schedule="constant")
+    with pytest.raises(NonFiniteLossError, match="lr 1e\\+06"):
+        runs.run(config, progress=False)
+    assert not (run_cache / runs.run_key(config) / "result.json").exists()
 
 
 def test_init_checkpoint_is_keyed_by_its_content(tmp_path):
