@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors + JSON round trip, atomic writes, torn pairs, never unpickled."""
+"""Checkpoints: one safetensors file with its metadata, atomic writes, corruption, never unpickled."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def test_round_trip_with_metadata(tmp_path):
     path = ckpt.save_checkpoint(tmp_path / "sub" / "model", _tensors(1.5), {"epoch": 3, "name": "x"})
     assert path == tmp_path / "sub" / "model.safetensors"
     assert ckpt.exists(tmp_path / "sub" / "model")
-    for stem in (tmp_path / "sub" / "model", path, tmp_path / "sub" / "model.json"):
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.safetensors"]  # one file, one commit
+    for stem in (tmp_path / "sub" / "model", path):
         tensors, meta = ckpt.load_checkpoint(stem)
         assert meta == {"epoch": 3, "name": "x"}
         assert all(torch.equal(tensors[k], v) for k, v in _tensors(1.5).items())
@@ -50,12 +51,65 @@ def test_failure_mid_write_leaves_previous_checkpoint_intact(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file left
 
 
-def test_torn_pair_is_detected(tmp_path):
-    ckpt.save_checkpoint(tmp_path / "a", _tensors(1.0), {"v": 1})
-    ckpt.save_checkpoint(tmp_path / "b", _tensors(2.0), {"v": 2})
-    (tmp_path / "b.safetensors").replace(tmp_path / "a.safetensors")  # weights of b, JSON of a
+def test_changed_tensor_bytes_are_detected(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path / "a", _tensors(1.0), {"v": 1})
+    payload = bytearray(path.read_bytes())
+    payload[-1] ^= 0xFF  # one bit pattern of the last tensor
+    path.write_bytes(bytes(payload))
     with pytest.raises(ckpt.CheckpointError, match="SHA-256"):
         ckpt.load_checkpoint(tmp_path / "a")
+
+
+@pytest.mark.parametrize("payload,pattern", [
+    (b"", "not a safetensors file"),
+    (b"\x09\x00\x00\x00\x00\x00\x00\x00{oops", "not a safetensors file"),  # truncated header
+    (b"\x05\x00\x00\x00\x00\x00\x00\x00{oops}", "header that is not valid JSON"),
+    (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "without medsoup's metadata"),
+])
+def test_unreadable_files_are_refused_with_the_reason(tmp_path, payload, pattern):
+    (tmp_path / "m.safetensors").write_bytes(payload)
+    with pytest.raises(ckpt.CheckpointError, match=pattern):
+        ckpt.load_checkpoint(tmp_path / "m")
+
+
+def test_metadata_that_is_not_json_is_named(tmp_path):
+    from safetensors.torch import save
+    bad = {ckpt.METADATA_KEY: "{not json", ckpt.SHA256_KEY: "0"}
+    (tmp_path / "m.safetensors").write_bytes(save({"w": torch.zeros(2)}, metadata=bad))
+    with pytest.raises(ckpt.CheckpointError, match="metadata in its header is not valid JSON"):
+        ckpt.load_metadata(tmp_path / "m")
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match="is not a file"):
+        ckpt.load_checkpoint(tmp_path / "d")
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    left = tmp_path / f".m.safetensors.{ckpt.writer_tag(dead_pid)}.abc123.tmp"  # a write killed before its move
+    left.write_bytes(b"partial")
+    alive = tmp_path / f".m.safetensors.{ckpt.writer_tag()}.def456.tmp"  # a concurrent writer's: kept
+    alive.write_bytes(b"partial")
+    elsewhere = tmp_path / f".m.safetensors.{dead_pid}_otherhost.ghi789.tmp"  # another machine's: kept
+    elsewhere.write_bytes(b"partial")
+    ckpt.save_checkpoint(tmp_path / "m", _tensors(1.0))
+    assert not left.exists() and alive.exists() and elsewhere.exists()
+    alive.unlink()
+    elsewhere.unlink()
+    left.write_bytes(b"partial")
+    ckpt.remove_checkpoint(tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_replaces_a_planted_symlink_instead_of_following_it(tmp_path):
+    target = tmp_path / "victim.txt"
+    target.write_text("keep")
+    (tmp_path / "summary.csv").symlink_to(target)
+    ckpt.atomic_write_text(tmp_path / "summary.csv", "new")
+    assert target.read_text() == "keep"
+    assert not (tmp_path / "summary.csv").is_symlink() and (tmp_path / "summary.csv").read_text() == "new"
 
 
 def test_missing_checkpoint(tmp_path):

@@ -187,7 +187,7 @@ def test_run_stores_result_and_reuses_it(monkeypatch, run_cache):
     first = runs.run(CONFIG, progress=False)
     assert first.path == run_cache / runs.run_key(CONFIG)
     names = {p.name for p in first.path.iterdir()}
-    assert {"result.json", "config.json", "model.safetensors", "model.json"} <= names
+    assert {"result.json", "config.json", "model.safetensors"} <= names
     assert not any(name.startswith("resume") for name in names)
     assert len(first.history) == 3 and 1 <= first.best_epoch <= 3
     assert json.loads((first.path / "result.json").read_text())["code_version"] == provenance.code_version(("medsoup.runs.store",))

@@ -63,6 +63,21 @@ def test_invalid_numbers():
         train.TrainConfig(lr=0)
 
 
+@pytest.mark.parametrize("changes,pattern", [
+    ({"epochs": 2.5}, "epochs must be a whole number, got 2.5"),
+    ({"batch_size": 16.0}, "batch_size must be a whole number, got 16.0"),
+    ({"epochs": True}, "epochs must be a whole number"),
+    ({"epochs": 0}, "epochs=0"),
+    ({"label_smoothing": -0.1}, r"label_smoothing must be a number in \[0, 1\], got -0.1"),
+    ({"momentum": 1.5}, r"momentum must be a number in \[0, 1\], got 1.5"),
+    ({"weight_decay": -1e-4}, "weight_decay must be a number >= 0"),
+    ({"lr": float("nan")}, "lr=nan"),
+])
+def test_out_of_range_numbers_are_named(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        TINY_TRAIN.replace(**changes)
+
+
 # ---------------------------------------------------------------- fit
 
 def test_fit_returns_history_and_restores_the_best_epoch(tiny_data):
@@ -224,3 +239,70 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     tensors, meta = ckpt.load_checkpoint(tmp_path / "resume")
     assert meta["epochs_done"] == 1 and len(meta["history"]) == 1
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith(("model.", "best.")))
+
+
+def test_non_finite_weights_on_the_last_step_of_an_epoch_stop_training(tiny_data, tmp_path):
+    steps = math.ceil(24 / 16)
+    with pytest.raises(train.NonFiniteLossError, match="weights or BatchNorm statistics became non-finite in epoch 2"):
+        _fit(tiny_data, TINY_TRAIN.replace(epochs=3), [PoisonAt(2 * steps - 1)], checkpoint=tmp_path / "resume")
+    assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 1  # the last good epoch's state
+
+
+class PoisonStatistics(train.Callback):
+    """Sets one BatchNorm running variance to inf after the first step."""
+
+    def on_step_end(self, model, step):
+        if step == 0:
+            model.features[1].running_var[0] = math.inf
+
+
+def test_non_finite_batchnorm_statistics_stop_training(tiny_data):
+    with pytest.raises(train.NonFiniteLossError, match=r"in epoch 1 \(features.1.running_var\)"):
+        _fit(tiny_data, TINY_TRAIN, [PoisonStatistics()])
+
+
+def test_huge_but_finite_sgd_steps_stop_instead_of_crashing_in_the_metrics(tiny_data):
+    # lr 1e3: every training loss is finite, the validation outputs overflow; before, scikit-learn's
+    # "Input contains NaN" escaped from the metrics
+    with pytest.raises(train.NonFiniteLossError, match="outputs on the val split are not finite.*lr 1000"):
+        _fit(tiny_data, TINY_TRAIN.replace(lr=1e3, optimizer="sgd", schedule="constant"))
+
+
+def test_evaluate_refuses_non_finite_outputs(tiny_data):
+    model = create_model("smallcnn", 2, 1)
+    with torch.no_grad():
+        model.head.bias.fill_(math.nan)
+    with pytest.raises(train.NonFiniteLossError, match="outputs on the test split are not finite \\(48 of 48"):
+        train.evaluate(model, tiny_data, "test")
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    ({"config": TINY_TRAIN.replace(epochs=4)}, "train_config.epochs: checkpoint 3 vs now 4"),
+    ({"config": TINY_TRAIN.replace(epochs=3, optimizer="sgd")}, "train_config.optimizer: checkpoint 'adamw' vs now 'sgd'"),
+    ({"data": tiny("breastmnist", n=20)}, "data.train_images: checkpoint 24 vs now 20"),
+    ({"model": create_model("smallcnn", 2, 3)}, r"parameters.features.0.weight: checkpoint \[32, 1, 3, 3\] vs now \[32, 3, 3, 3\]"),
+])
+def test_resume_from_a_checkpoint_of_another_run_is_refused_by_name(tiny_data, tmp_path, changes, pattern):
+    config = TINY_TRAIN.replace(epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_data, config, [StopAfter(2)], checkpoint=tmp_path / "resume")
+    arguments = {"data": tiny_data, "config": config, **changes}
+    with pytest.raises(ckpt.CheckpointError, match=pattern):
+        _fit(arguments["data"], arguments["config"], checkpoint=tmp_path / "resume", model=arguments.get("model"))
+    assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 1  # refused, not overwritten
+
+
+def test_a_corrupted_resume_checkpoint_is_set_aside_and_training_starts_over(tiny_data, tmp_path):
+    config = TINY_TRAIN.replace(epochs=3)
+    _, whole = _fit(tiny_data, config)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_data, config, [StopAfter(2)], checkpoint=tmp_path / "resume")
+    path = tmp_path / "resume.safetensors"
+    payload = bytearray(path.read_bytes())
+    payload[-1] ^= 0xFF  # a flipped byte on disk
+    path.write_bytes(bytes(payload))
+    with pytest.warns(UserWarning, match="do not match the SHA-256.*moved to .*resume.unreadable-1.safetensors"):
+        _, again = _fit(tiny_data, config, checkpoint=tmp_path / "resume")
+    assert again.val == whole.val and again.test == whole.test
+    assert (tmp_path / "resume.unreadable-1.safetensors").read_bytes() == bytes(payload)
+    assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 3

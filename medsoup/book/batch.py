@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import io
 import itertools
 import os
 import re
@@ -41,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsoup.book.build import NotebookExecutionError, notebook_stamp, parse_value, repo_root, run_papermill
+from medsoup.book.build import (NotebookExecutionError, notebook_stamp, parameters_per_notebook, parse_value,
+                                repo_root, run_papermill)
 
 GLUE_PREFIX = "application/papermill.record/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -169,6 +171,7 @@ def make_jobs(notebook: str | os.PathLike, grid: Mapping[str, Sequence[Any]], ou
     overlap = sorted(set(base) & set(grid))
     if overlap:
         raise ValueError(f"parameter(s) {', '.join(overlap)} are both in the grid and in base_parameters")
+    parameters_per_notebook([source], {**base, **grid})  # every name must be declared by the notebook
     jobs = [Job(str(source), job_name(source.stem, point), dict(point), {**base, **point}, str(out.resolve()),
                 str(root), kernel_name) for point in expand_grid(grid)]
     names = [j.name for j in jobs]
@@ -214,11 +217,11 @@ def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     out = Path(out_dir)
     lines = []
-    with open(out / "summary.csv.tmp", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(out / "summary.csv.tmp", out / "summary.csv")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "summary.csv", table.getvalue())
 
     def cell(value: Any) -> str:
         if isinstance(value, float):

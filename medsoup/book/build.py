@@ -5,7 +5,7 @@
     python -m medsoup.book all --profile auto        # execute every notebook, then build
 
 Execution: each source notebook ``notebooks/<name>.ipynb`` (committed without outputs) runs
-through papermill with ``parameters={"profile": profile, **parameters}`` into the build product
+through papermill with those of ``{"profile": profile, **parameters}`` it declares into the build product
 ``book/executed/<name>.ipynb``, which ``_toc.yml`` lists. The kernel's working directory is the
 repository root, the same as for ``pytest``, the ``medsoup`` CLIs and the README's ``papermill``
 example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset.
@@ -15,6 +15,10 @@ matches the sha256 of (source notebook, parameters, kernel, the code of the ``me
 ``constraints.txt``; for a notebook whose metadata says ``medsoup.reads_results``, also the other
 notebooks' ``results/*/<profile>.json``), so a rebuild with nothing changed takes seconds. Each
 execution's wall time goes to ``results/timings/<profile>.json``.
+
+Parameters: a notebook declares its parameters in its ``parameters`` cell; a ``-p`` name that no
+selected notebook declares is refused with the valid names (a misspelled ``-p datset ...`` would
+otherwise be ignored), and each notebook receives only the parameters it declares.
 
 Profiles: ``smoke`` (CI, minutes), ``cpu`` (a 2-core machine), ``paper`` (a GPU, the papers'
 settings); ``auto`` is ``paper`` when CUDA is available and ``cpu`` otherwise.
@@ -77,6 +81,29 @@ def notebook_paths(only: Iterable[str] | None = None) -> list[Path]:
         raise ValueError(f"no notebook named {', '.join(unknown)} in notebooks/; "
                          f"available: {', '.join(by_stem) or '(none)'}")
     return [by_stem[name] for name in dict.fromkeys(wanted)]
+
+
+def declared_parameters(source: Path) -> tuple[str, ...]:
+    """The names a notebook's ``parameters`` cell declares (read by papermill, nothing executed)."""
+    import papermill
+
+    return tuple(papermill.inspect_notebook(str(source)))
+
+
+def parameters_per_notebook(sources: Iterable[Path], parameters: Mapping[str, Any]) -> dict[Path, dict[str, Any]]:
+    """Each notebook's share of ``parameters``: the ones its ``parameters`` cell declares.
+
+    A name that none of ``sources`` declares raises ``ValueError`` listing the declared ones, so a
+    misspelled parameter is never silently ignored and no undeclared name reaches the notebook's code.
+    """
+    declared = {source: declared_parameters(source) for source in sources}
+    valid = sorted({name for names in declared.values() for name in names})
+    unknown = sorted(set(parameters) - set(valid))
+    if unknown:
+        which = ", ".join(source.stem for source in declared)
+        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))} for {which}; "
+                         f"the parameters cells declare: {', '.join(valid) or '(none)'}")
+    return {source: {k: v for k, v in parameters.items() if k in names} for source, names in declared.items()}
 
 
 def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str, root: Path) -> str:
@@ -143,6 +170,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     sources = notebook_paths(only)
     profile = resolve_profile(profile)
     params = {"profile": profile, **(parameters or {})}
+    shares = parameters_per_notebook(sources, params)
     out = Path(out_dir) if Path(out_dir).is_absolute() else root / out_dir
     out.mkdir(parents=True, exist_ok=True)
     # Relative data paths must not depend on where the kernel starts.
@@ -153,7 +181,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     for i, source in enumerate(sources, 1):
         target = out / source.name
         stamp_file = out / (source.stem + STAMP_SUFFIX)
-        stamp = notebook_stamp(source, params, kernel_name, root)
+        stamp = notebook_stamp(source, shares[source], kernel_name, root)
         tag = f"[book] [{i}/{len(sources)}] {source.stem}"
         if (not force and target.is_file() and stamp_file.is_file()
                 and stamp_file.read_text().strip() == stamp):
@@ -163,7 +191,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
         stamp_file.unlink(missing_ok=True)
         print(f"{tag}: executing ...", flush=True)
         start = time.perf_counter()
-        run_papermill(source, target, params, kernel_name, root, log_output)
+        run_papermill(source, target, shares[source], kernel_name, root, log_output)
         stamp_file.write_text(stamp + "\n")
         record_timing(root, profile, source.stem, time.perf_counter() - start)
         print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "

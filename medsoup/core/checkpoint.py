@@ -1,16 +1,22 @@
-"""Checkpoints as safetensors + JSON, written atomically; nothing is ever unpickled.
+"""Checkpoints as one safetensors file each, written atomically; nothing is ever unpickled.
 
-``save_checkpoint(stem, tensors, metadata)`` writes ``stem.safetensors`` and ``stem.json``.
-Both are first written to temporary files in the same folder and then moved into place with
-``os.replace``; the JSON carries the SHA-256 of the tensor file, so a pair torn by a kill between
-the two moves is detected on load instead of being used.
+``save_checkpoint(stem, tensors, metadata)`` writes ``stem.safetensors``. The JSON ``metadata``
+travels inside the file, in the safetensors header's ``__metadata__`` (a str -> str map), together
+with the SHA-256 of the tensor bytes. The file is written to a temporary file in the same folder
+and moved into place with one ``os.replace``: that move is the single commit point, so a kill at
+any instant leaves the old checkpoint or the new one, never a mix of the two. Temporary files of
+writes killed before their move are named after the process (and machine) that wrote them and
+removed by the next write of the same file on that machine once that process is gone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,21 +24,22 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load, save
 
+#: Keys of the safetensors ``__metadata__`` map that medsoup uses.
+METADATA_KEY, SHA256_KEY = "medsoup.metadata", "medsoup.sha256"
+
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, torn, or does not fit the model it is loaded into."""
+    """A checkpoint is missing, corrupted, or does not fit the model it is loaded into."""
 
 
-def _paths(stem: str | os.PathLike) -> tuple[Path, Path]:
+def checkpoint_path(stem: str | os.PathLike) -> Path:
+    """The file of checkpoint ``stem`` (given with or without its ``.safetensors`` suffix)."""
     stem = Path(stem)
-    if stem.suffix in (".safetensors", ".json"):
-        stem = stem.with_suffix("")
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    return stem if stem.suffix == ".safetensors" else stem.with_name(stem.name + ".safetensors")
 
 
 def exists(stem: str | os.PathLike) -> bool:
-    weights, meta = _paths(stem)
-    return weights.exists() and meta.exists()
+    return checkpoint_path(stem).is_file()
 
 
 def _write_all(fd: int, payload: bytes) -> None:
@@ -42,10 +49,62 @@ def _write_all(fd: int, payload: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
+def writer_tag(pid: int | None = None) -> str:
+    """``<pid>_<host>``: names a temporary file or folder after the process that writes it."""
+    return f"{os.getpid() if pid is None else pid}_{_HOST}"
+
+
+def written_by_dead_process(tag: str) -> bool:
+    """Whether a :func:`writer_tag` names a process of this machine that no longer exists (its
+    temporaries can never be completed). Tags of other machines are never judged."""
+    pid, _, host = tag.partition("_")
+    if host != _HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a process of another user holds that id
+        return False
+    return False
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete temporary files of ``path`` left by writers that were killed; return them.
+
+    Temporary names are ``.<name>.<writer_tag>.<random>.tmp``; a file whose writer process no longer
+    exists can never be moved into place. Files of live processes (a concurrent writer) and of other
+    machines sharing the folder are kept.
+    """
+    removed, prefix = [], _temp_prefix(path)
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        if not (candidate.name.startswith(prefix) and candidate.name.endswith(".tmp")):
+            continue
+        if written_by_dead_process(candidate.name[len(prefix):].split(".", 1)[0]):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that a reader sees the old or the new file, never a part."""
+    """Write ``payload`` to ``path`` so that a reader sees the old or the new file, never a part.
+
+    ``path`` itself is replaced, never followed: a symbolic link planted at ``path`` is replaced
+    by the file, not written through.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{writer_tag()}.", suffix=".tmp", dir=path.parent)
     try:
         _write_all(fd, payload)
         os.replace(tmp, path)
@@ -59,39 +118,98 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(Path(path), text.encode())
 
 
+def _split(payload: bytes, path: Path) -> tuple[dict, bytes]:
+    """The safetensors header (parsed JSON) and the tensor bytes of ``payload``."""
+    size = int.from_bytes(payload[:8], "little") if len(payload) >= 8 else -1
+    if size < 2 or 8 + size > len(payload):
+        raise CheckpointError(f"{path} is not a safetensors file (truncated, or another format)")
+    try:
+        header = json.loads(payload[8:8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} has a safetensors header that is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a safetensors header that is not a JSON object")
+    return header, payload[8 + size:]
+
+
+def _medsoup_metadata(header: dict, path: Path) -> tuple[dict[str, Any], str]:
+    extra = header.get("__metadata__") or {}
+    if METADATA_KEY not in extra or SHA256_KEY not in extra:
+        raise CheckpointError(f"{path} is a safetensors file without medsoup's metadata "
+                              f"({METADATA_KEY!r}, {SHA256_KEY!r} in its header); write it with "
+                              "medsoup.core.checkpoint.save_checkpoint")
+    try:
+        metadata = json.loads(extra[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: the metadata in its header is not valid JSON ({error})") from None
+    return metadata, extra[SHA256_KEY]
+
+
 def save_checkpoint(stem: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                     metadata: Mapping[str, Any] | None = None) -> Path:
-    """Atomically write ``tensors`` (a flat name -> tensor map) and JSON ``metadata``."""
-    weights, meta = _paths(stem)
+    """Atomically write ``tensors`` (a flat name -> tensor map) and JSON ``metadata`` as one file."""
+    path = checkpoint_path(stem)
     flat = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    payload = save(flat)
-    atomic_write_bytes(weights, payload)
-    digest = hashlib.sha256(payload).hexdigest()
-    record = {"metadata": dict(metadata or {}), "sha256": digest}
-    atomic_write_text(meta, json.dumps(record, indent=1, sort_keys=True, default=str))
-    return weights
+    _, data = _split(save(flat), path)  # the tensor bytes do not depend on the header's metadata
+    extra = {METADATA_KEY: json.dumps(dict(metadata or {}), sort_keys=True, default=str),
+             SHA256_KEY: hashlib.sha256(data).hexdigest()}
+    atomic_write_bytes(path, save(flat, metadata=extra))
+    return path
+
+
+def _read(stem: str | os.PathLike, header_only: bool = False) -> tuple[Path, bytes]:
+    """The checkpoint's path and its bytes (with ``header_only``, the length and header only)."""
+    path = checkpoint_path(stem)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    if not header_only:
+        return path, path.read_bytes()
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+        size = int.from_bytes(start, "little") if len(start) == 8 else 0
+        return path, start + handle.read(min(size, 100_000_000))  # safetensors' own header limit
 
 
 def load_checkpoint(stem: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read ``(tensors, metadata)``; raise :class:`CheckpointError` if missing or torn."""
-    weights, meta = _paths(stem)
-    for path in (weights, meta):
-        if not path.exists():
-            raise CheckpointError(f"checkpoint file {path} does not exist")
-    record = json.loads(meta.read_text())
-    payload = weights.read_bytes()
-    if record.get("sha256") != hashlib.sha256(payload).hexdigest():
-        raise CheckpointError(f"{weights} does not match the SHA-256 recorded in {meta}: the pair is "
-                              "torn (interrupted write) or one file was replaced")
-    return {k: v.to(device) for k, v in load(payload).items()}, record["metadata"]
+    """Read ``(tensors, metadata)``; raise :class:`CheckpointError` if missing or corrupted."""
+    path, payload = _read(stem)
+    header, data = _split(payload, path)
+    metadata, digest = _medsoup_metadata(header, path)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(f"the tensors of {path} do not match the SHA-256 recorded in its header: "
+                              "the file is corrupted or was changed after it was written")
+    try:
+        tensors = load(payload)
+    except Exception as error:  # safetensors raises its own SafetensorError on an inconsistent header
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
+    return {k: v.to(device) for k, v in tensors.items()}, metadata
 
 
 def load_metadata(stem: str | os.PathLike) -> dict[str, Any]:
-    _, meta = _paths(stem)
-    if not meta.exists():
-        raise CheckpointError(f"checkpoint metadata {meta} does not exist")
-    return json.loads(meta.read_text())["metadata"]
+    """The JSON metadata of a checkpoint (its tensors are not read or verified)."""
+    path, payload = _read(stem, header_only=True)
+    return _medsoup_metadata(_split(payload, path)[0], path)[0]
+
+
+def set_aside(stem: str | os.PathLike) -> Path:
+    """Rename an unusable checkpoint to ``<stem>.unreadable-<n>.safetensors`` (kept for inspection)
+    and return the new path."""
+    path = checkpoint_path(stem)
+    for n in itertools.count(1):
+        aside = path.with_name(f"{path.stem}.unreadable-{n}{path.suffix}")
+        if not aside.exists():
+            os.replace(path, aside)
+            return aside
+
+
+def remove_checkpoint(stem: str | os.PathLike) -> None:
+    """Delete a checkpoint and the temporaries of its killed writes."""
+    path = checkpoint_path(stem)
+    path.unlink(missing_ok=True)
+    remove_stale_temporaries(path)
 
 
 def load_state_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor],

@@ -23,6 +23,7 @@ import torch
 from medmnist import INFO
 
 from medsoup.core.augment import augment_batch, normalise
+from medsoup.core.checkpoint import writer_tag, written_by_dead_process
 from medsoup.core.paths import project_folder
 
 SIZES = (28, 64, 128, 224)
@@ -124,13 +125,19 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
     folder = data_root(root)
     path = folder / file_name(name, size)
     expected = official_md5(name, size)
+    if folder.exists() and not folder.is_dir():
+        raise DatasetError(f"the data folder {folder} is a file, not a folder; point ${DATA_ENV} (or root=) "
+                           "at the folder that holds the MedMNIST .npz files")
+    if path.exists() and not path.is_file():
+        raise DatasetError(f"{path} is not a file (a folder?); put the official {path.name} there instead")
     if path.exists():
         verify_md5(path, expected)
         return path
     if not download:
         raise DatasetError(_missing_message(name, size, folder, "download=False"))
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".download-{name}-", dir=folder))
+    remove_stale_downloads(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".download-{name}-{writer_tag()}-", dir=folder))
     try:
         try:
             _download_with_medmnist(name, size, staging)
@@ -142,6 +149,14 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def remove_stale_downloads(folder: Path) -> None:
+    """Delete the staging folders ``.download-<name>-<writer_tag>-*`` of downloads whose process was killed."""
+    for staging in folder.glob(".download-*"):
+        parts = staging.name.split("-")
+        if staging.is_dir() and len(parts) == 4 and written_by_dead_process(parts[2]):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _missing_message(name: str, size: int, folder: Path, reason: str) -> str:
@@ -168,6 +183,12 @@ def read_npz(path: Path, name: str, size: int) -> dict[str, np.ndarray]:
             raise DatasetError(f"{path}: {split}_images has shape {images.shape} and dtype {images.dtype}, "
                                f"expected (N, {', '.join(map(str, spatial))}) uint8 with {len(labels)} labels")
     return arrays
+
+
+def check_train_subset(n: int | None) -> None:
+    """``train_subset`` is None (the whole split) or a whole number of images >= 1."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"train_subset must be None (every training image) or a whole number >= 1, got {n!r}")
 
 
 def class_quotas(counts: list[int], n: int) -> list[int]:
@@ -302,6 +323,7 @@ def load_dataset(name: str, size: int = 28, *, root: str | os.PathLike | None = 
     ``train_subset`` keeps a class-stratified subset of that many training images (validation and
     test stay whole, so numbers remain comparable with published ones).
     """
+    check_train_subset(train_subset)
     path = ensure_file(name, size, root, download)
     data = from_arrays(name, size, read_npz(path, name, size))
     if train_subset is not None:

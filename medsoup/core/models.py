@@ -71,11 +71,15 @@ def family_of(name: str) -> str:
                      f"vgg19_bn, resnet18, densenet121, tf_efficientnet_lite0, deit_tiny_patch16_224)")
 
 
-def _check_timm_name(name: str) -> None:
-    if name not in timm.list_models():
-        close = (timm.list_models(f"{name.rstrip('0123456789')}*")
-                 or timm.list_models(f"{family_of(name)}*"))[:20]
+def check_model_name(name: str) -> str:
+    """Return the family of ``name`` after checking, offline, that the model exists."""
+    family = family_of(name)
+    if family == "smallcnn" and name != "smallcnn":
+        raise ValueError(f"unknown model {name!r}; the small CNN is called 'smallcnn'")
+    if family != "smallcnn" and not timm.is_model(name):
+        close = (timm.list_models(f"{name.rstrip('0123456789')}*") or timm.list_models(f"{family}*"))[:20]
         raise ValueError(f"unknown model {name!r}; timm models of this family include: {', '.join(close)}")
+    return family
 
 
 def _adapt_to_size(model: nn.Module, family: str, img_size: int) -> None:
@@ -138,18 +142,15 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int =
     the ImageNet classifier is kept only for 1000 classes. A checkpoint gives the backbone only:
     every transfer starts from a fresh head, seeded like a model without ``pretrained``.
     """
-    family = family_of(name)
+    family = check_model_name(name)
     if img_size not in (28, 64, 128, 224):
         raise ValueError(f"unsupported img_size {img_size}; valid: 28, 64, 128, 224")
     imagenet = pretrained == "imagenet"
     if family == "smallcnn":
-        if name != "smallcnn":
-            raise ValueError(f"unknown model {name!r}; the small CNN is called 'smallcnn'")
         if imagenet:
             raise PretrainedWeightsError("smallcnn has no ImageNet weights; use pretrained=None or a checkpoint")
         model = SmallCNN(num_classes, in_chans)
     else:
-        _check_timm_name(name)
         model = _timm_model(name, family, num_classes, in_chans, img_size, imagenet)
         _adapt_to_size(model, family, img_size)
     if pretrained is not None and not imagenet:

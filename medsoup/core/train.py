@@ -13,8 +13,10 @@ resumes from it, giving the same numbers as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -33,7 +35,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss, the weights, the BatchNorm statistics or the outputs became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,19 @@ class TrainConfig:
                                    ("select_metric", self.select_metric, METRICS + ("loss",))):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r} ({type(value).__name__})")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0; got epochs={self.epochs!r}, "
+                             f"batch_size={self.batch_size!r}, lr={self.lr!r}")
+        for name, low, high in (("label_smoothing", 0.0, 1.0), ("momentum", 0.0, 1.0), ("gamma", 0.0, None),
+                                ("weight_decay", 0.0, None), ("min_lr", 0.0, None)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and low <= value and (high is None or value <= high)):
+                bounds = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+                raise ValueError(f"{name} must be a number {bounds}, got {value!r}")
         object.__setattr__(self, "milestones", tuple(self.milestones))
 
     @classmethod
@@ -175,8 +188,14 @@ def predict(model: nn.Module, data: MedData, split: str, batch_size: int = 512) 
 
 
 def evaluate(model: nn.Module, data: MedData, split: str = "val", batch_size: int = 512) -> dict:
-    """Loss and :data:`~medsoup.core.metrics.METRICS` of ``model`` on ``split``."""
+    """Loss and :data:`~medsoup.core.metrics.METRICS` of ``model`` on ``split``.
+
+    Raises :class:`NonFiniteLossError` if an output is NaN or infinite (metrics are undefined then).
+    """
     logits, targets = predict(model, data, split, batch_size)
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLossError(f"the model's outputs on the {split} split are not finite "
+                                 f"({int((~torch.isfinite(logits)).sum())} of {logits.numel()} values)")
     metrics = compute_metrics(data.task, targets, logits)
     metrics["loss"] = float(loss_fn(data, logits, targets))
     return metrics
@@ -215,6 +234,40 @@ def make_optimizer(params: Sequence[nn.Parameter], config: TrainConfig) -> torch
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def non_finite_entries(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers (BatchNorm statistics) holding NaN or inf."""
+    state = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    finite = torch.stack([torch.isfinite(v).all() for v in state.values()]).tolist() if state else []
+    return [name for name, ok in zip(state, finite) if not ok]
+
+
+def resume_signature(model: nn.Module, data: MedData, config: TrainConfig) -> dict:
+    """What a resume checkpoint must have been written for: the training config, the data and the
+    model's parameter names and shapes (JSON values)."""
+    return json.loads(json.dumps({
+        "train_config": dataclasses.asdict(config),
+        "data": {"name": data.name, "size": data.size, "train_images": len(data.splits["train"])},
+        "parameters": {k: list(v.shape) for k, v in model.state_dict().items()}}))
+
+
+def check_resume_signature(stem, recorded: dict | None, expected: dict) -> None:
+    """Refuse to resume from a checkpoint written for another config, naming what differs."""
+    if recorded is None:
+        raise ckpt.CheckpointError(f"resume checkpoint {stem} records no training config; delete it to start over")
+    differences = []
+    for part, value in expected.items():
+        old = recorded.get(part)
+        if isinstance(value, dict) and isinstance(old, dict):
+            differences += [f"{part}.{k}: checkpoint {old.get(k, '(absent)')!r} vs now {value.get(k, '(absent)')!r}"
+                            for k in sorted(set(value) | set(old)) if old.get(k) != value.get(k)]
+        elif old != value:
+            differences.append(f"{part}: checkpoint {old!r} vs now {value!r}")
+    if differences:
+        shown = "; ".join(differences[:6]) + (f"; ... ({len(differences)} in all)" if len(differences) > 6 else "")
+        raise ckpt.CheckpointError(f"resume checkpoint {stem} was written for another run ({shown}); "
+                                   "resume with the same config, or delete it to start over")
+
+
 def _save_state(stem, model, best_state, optimizer, generator, callbacks, meta) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
@@ -229,8 +282,21 @@ def _save_state(stem, model, best_state, optimizer, generator, callbacks, meta) 
     ckpt.save_checkpoint(stem, tensors, meta)
 
 
-def _load_state(stem, model, optimizer, generator, callbacks) -> tuple[dict, dict]:
-    tensors, meta = ckpt.load_checkpoint(stem)
+def _read_resume_state(stem) -> tuple[dict, dict] | None:
+    """The resume checkpoint's ``(tensors, metadata)``; None when there is none. An unreadable one
+    (corrupted on disk) is set aside with a warning, so that training starts over instead of failing
+    for good."""
+    if stem is None or not ckpt.exists(stem):
+        return None
+    try:
+        return ckpt.load_checkpoint(stem)
+    except ckpt.CheckpointError as error:
+        aside = ckpt.set_aside(stem)
+        warnings.warn(f"{error}; it was moved to {aside} and training starts from the first epoch", stacklevel=3)
+        return None
+
+
+def _load_state(tensors, model, optimizer, generator, callbacks) -> dict:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     state = optimizer.state_dict()
@@ -245,7 +311,11 @@ def _load_state(stem, model, optimizer, generator, callbacks) -> tuple[dict, dic
     for i, callback in enumerate(callbacks):
         prefix = f"callback{i}."
         callback.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return best, meta
+    return best
+
+
+_STOPPED = ("training stopped (lr {lr:g}). The last checkpoint written, if any, is left intact; "
+            "a lower learning rate usually helps.")
 
 
 def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterable[Callback] = (),
@@ -255,7 +325,10 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     The model ends holding its best-epoch weights (by validation ``config.select_metric``; the
     last epoch's with ``restore_best=False``) and
     ``requires_grad`` flags as they were before the call. Raises :class:`NonFiniteLossError` if
-    the loss becomes NaN/inf; the last epoch's checkpoint (if any) is left intact.
+    the loss (checked every step), the weights or BatchNorm statistics (every epoch) or the
+    validation outputs become NaN/inf; the last good epoch's checkpoint (if any) is left intact.
+    A checkpoint written for another config, data or model is refused, naming the difference; an
+    unreadable (corrupted) one is set aside with a warning and training starts over.
     """
     callbacks = list(callbacks)
     device = resolve_device(config.device)
@@ -279,8 +352,12 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     result = FitResult()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_epoch, elapsed = 0, 0.0
-    if checkpoint is not None and ckpt.exists(checkpoint):
-        best_state, meta = _load_state(checkpoint, model, optimizer, generator, callbacks)
+    signature = resume_signature(model, data, config)
+    resumed = _read_resume_state(checkpoint)
+    if resumed is not None:
+        tensors, meta = resumed
+        check_resume_signature(checkpoint, meta.get("signature"), signature)
+        best_state = _load_state(tensors, model, optimizer, generator, callbacks)
         start_epoch, elapsed = meta["epochs_done"], meta["wall_time"]
         result.history, result.best_epoch, result.best_score = meta["history"], meta["best_epoch"], meta["best_score"]
     for callback in callbacks:
@@ -303,16 +380,23 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
                     logits = model(images)
                 loss = loss_fn(data, logits, targets, config.label_smoothing)
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; training stopped "
-                        f"(lr {lr:g}). The last checkpoint written, if any, is left intact.")
+                    raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                                             + _STOPPED.format(lr=lr))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 for callback in callbacks:
                     callback.on_step_end(model, step)
                 loss_sum += loss.detach()
-            val = evaluate(model, data, "val")
+            broken = non_finite_entries(model)
+            if broken:
+                raise NonFiniteLossError(
+                    f"weights or BatchNorm statistics became non-finite in epoch {epoch + 1} "
+                    f"({', '.join(broken[:4])}{' ...' if len(broken) > 4 else ''}); " + _STOPPED.format(lr=lr))
+            try:
+                val = evaluate(model, data, "val")
+            except NonFiniteLossError as error:
+                raise NonFiniteLossError(f"after epoch {epoch + 1}, {error}; " + _STOPPED.format(lr=lr)) from None
             record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / steps_per_epoch, "lr": lr,
                       **{f"val_{k}": v for k, v in val.items() if k != "auc_per_label"}}
             score = _score(val, config.select_metric)
@@ -329,7 +413,8 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
             if checkpoint is not None:
                 _save_state(checkpoint, model, best_state, optimizer, generator, callbacks,
                             {"epochs_done": epoch + 1, "wall_time": record["time"], "history": result.history,
-                             "best_epoch": result.best_epoch, "best_score": result.best_score})
+                             "best_epoch": result.best_epoch, "best_score": result.best_score,
+                             "signature": signature})
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)

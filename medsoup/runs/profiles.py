@@ -24,6 +24,36 @@ def resolve_profile(profile: str) -> str:
     return profile
 
 
+_KINDS = {"list": "list", "bool": "boolean", "int": "whole number", "number": "number", "str": "string"}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number" if isinstance(value, float) else "int"
+    return type(value).__name__
+
+
+def check_kind(name: str, value: Any, example: Any) -> None:
+    """Refuse an override of another kind than the profile's value ``example`` (a string where a
+    list is expected, a fraction where a whole number is), naming the setting; a None example
+    accepts anything."""
+    if example is None:
+        return
+    expected, got = _kind(example), _kind(value)
+    if got == expected or (expected == "number" and got == "int"):
+        if expected == "list" and example:
+            for index, item in enumerate(value):
+                check_kind(f"{name}[{index}]", item, example[0])
+        return
+    hint = f" (a list is written [{example[0]!r}])" if expected == "list" and example else ""
+    raise ValueError(f"setting {name} expects a {_KINDS.get(expected, expected)} such as {example!r}, "
+                     f"got {value!r}, a {_KINDS.get(got, got)}{hint}")
+
+
 def settings(table: dict[str, dict[str, Any]], profile: str, **overrides) -> dict[str, Any]:
     """The profile's settings from ``table`` with every non-None override applied.
 
@@ -33,6 +63,9 @@ def settings(table: dict[str, dict[str, Any]], profile: str, **overrides) -> dic
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(base))}")
+    for name, value in overrides.items():
+        if value is not None:
+            check_kind(name, value, base[name])
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["profile"] = resolve_profile(profile)
     return base

@@ -5,9 +5,12 @@ in-training callbacks. :func:`run` stores its result under ``<cache>/<key>/`` wh
 hashes the config and the code version of the modules that run it (:func:`run_modules`):
 
 * ``result.json``: config, history, best epoch, validation/test metrics, wall time, versions;
-* ``model.safetensors`` + ``model.json``: the final (best-epoch) weights and their architecture;
+* ``model.safetensors``: the final (best-epoch) weights, their architecture in its metadata;
 * ``artifacts/<name>.safetensors``: what callbacks collected (e.g. FGG snapshots);
-* ``resume.*`` while training: the state :func:`~medsoup.core.train.fit` resumes from.
+* ``resume.safetensors`` while training: the state :func:`~medsoup.core.train.fit` resumes from.
+
+Every file is written whole and moved into place (:mod:`medsoup.core.checkpoint`) and
+``result.json`` is written last, so a run killed at any instant is either finished or resumes.
 
 A finished run is loaded, an interrupted one resumed, a new one trained. :func:`run_many` sends
 many runs to any ``concurrent.futures.Executor``-like object with ``submit`` (a process pool, a
@@ -31,9 +34,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medsoup.core import checkpoint as ckpt
-from medsoup.core.data import MedData, check_dataset, load_dataset
+from medsoup.core.data import MedData, check_dataset, check_train_subset, load_dataset
 from medsoup.core.paths import project_folder
-from medsoup.core.models import create_model, family_of
+from medsoup.core.models import check_model_name, create_model
 from medsoup.runs.provenance import code_version, machine, package_versions
 from medsoup.core.train import Callback, TrainConfig, checked_fields, fit, resolve_device
 
@@ -82,7 +85,8 @@ class RunConfig:
 
     def __post_init__(self):
         check_dataset(self.dataset, self.size)
-        family_of(self.model)
+        check_model_name(self.model)
+        check_train_subset(self.train_subset)
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", TrainConfig.from_dict(self.train))
         object.__setattr__(self, "callbacks", tuple((name, dict(params)) for name, params in self.callbacks))
@@ -118,11 +122,25 @@ def run_modules(config: RunConfig) -> tuple[str, ...]:
     return tuple(sorted(modules))
 
 
+def canonical_config(config: RunConfig) -> dict[str, Any]:
+    """``config.to_dict()`` with an ``init`` checkpoint path replaced by the SHA-256 of the file's
+    content, so that replacing the file changes the run key and moving it does not."""
+    values = config.to_dict()
+    if isinstance(config.init, RunConfig):
+        values["init"] = canonical_config(config.init)
+    elif config.init not in (None, "imagenet"):
+        path = ckpt.checkpoint_path(config.init)
+        if not path.is_file():
+            raise ckpt.CheckpointError(f"init checkpoint {path} does not exist (or is not a file)")
+        values["init"] = {"checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return values
+
+
 def run_key(config: RunConfig) -> str:
-    """16 hex digits of SHA-256 over the canonical JSON of the config and the code version of its
+    """16 hex digits of SHA-256 over the :func:`canonical_config` and the code version of its
     :func:`run_modules`."""
-    text = json.dumps({"config": config.to_dict(), "code": code_version(run_modules(config))}, sort_keys=True,
-                      default=str)
+    text = json.dumps({"config": canonical_config(config), "code": code_version(run_modules(config))},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -174,7 +192,11 @@ class RunResult:
 
     @classmethod
     def load(cls, path: Path) -> "RunResult":
-        record = json.loads((path / "result.json").read_text())
+        try:
+            record = json.loads((path / "result.json").read_text())
+        except json.JSONDecodeError as error:
+            raise ckpt.CheckpointError(f"{path / 'result.json'} is not valid JSON ({error}); it was changed "
+                                       "by hand or by another program. Delete the run's folder to run it again") from None
         return cls(path=path, **{f.name: record[f.name] for f in dataclasses.fields(cls) if f.name != "path"})
 
 
@@ -207,6 +229,7 @@ def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: boo
     key = run_key(config)
     folder = cache_root(cache) / key
     if (folder / "result.json").exists():
+        ckpt.remove_checkpoint(folder / "resume")  # left by a kill between result.json and its removal
         return RunResult.load(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=1, default=str))
@@ -218,10 +241,12 @@ def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: boo
     final, architecture = export_model(model, config, data)
     record = {"key": key, "config": config.to_dict(), "history": fitted.history, "best_epoch": fitted.best_epoch,
               "val": fitted.val, "test": fitted.test, "wall_time": fitted.wall_time,
-              "code_version": code_version(run_modules(config)), "versions": package_versions(), "machine": machine()}
+              "code_version": code_version(run_modules(config)), "versions": package_versions(),
+              "machine": {**machine(), "device": str(device)}}
     ckpt.save_checkpoint(folder / "model", final.state_dict(),
                          {"architecture": architecture, "seed": config.train.seed,
-                          **{k: record[k] for k in ("key", "config", "val", "test", "wall_time", "code_version", "versions")}})
+                          **{k: record[k] for k in ("key", "config", "val", "test", "wall_time", "code_version", "versions",
+                                                    "machine")}})
     artifacts = {}
     for callback in callbacks:
         artifacts.update(callback.artifacts())
@@ -229,8 +254,7 @@ def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: boo
         ckpt.save_checkpoint(folder / "artifacts" / name, tensors, {"run": key})
     record["artifacts"] = sorted(artifacts)
     ckpt.atomic_write_text(folder / "result.json", json.dumps(record, indent=1, default=str))
-    for suffix in (".safetensors", ".json"):
-        (folder / f"resume{suffix}").unlink(missing_ok=True)
+    ckpt.remove_checkpoint(folder / "resume")
     return RunResult.load(folder)
 
 
