@@ -41,8 +41,8 @@ def test_paired_matches_scipy_and_adjusts_for_every_comparison():
     text = tables.verdict(table[table["metric"] == "acc"])
     assert text.startswith("On d, B is better than A in test ACC: +0.053 (95% CI [")
     assert f"adjusted p = {first['p_adjusted']:.3f}" in text
-    assert text.endswith("4 comparisons of 8 made; the adjusted p-values control the false discovery rate over "
-                         "all 8 (Benjamini-Hochberg).")
+    assert text.endswith("4 of the table's 8 comparisons shown here; the adjusted p-values control the false "
+                         "discovery rate over all 8 (Benjamini-Hochberg).")
     assert tables.count(table, "better", "acc") == 4
 
 

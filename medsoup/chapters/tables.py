@@ -215,9 +215,12 @@ def verdict(table: pd.DataFrame, by: str | Sequence[str] = "dataset") -> str:
             text += f"; p = {d.p_value:.3f}, adjusted p = {row['p_adjusted']:.3f}"
         sentences.append(f"On {_group_name(row, keys)}, {text}.")
     n, family = len(table), int(table["family"].max())
-    shown = f"{n} comparison{'s' if n != 1 else ''}" + (f" of {family}" if family != n else "")
-    sentences.append(f"{shown} made; the adjusted p-values control the false discovery rate over "
-                     f"{'all ' + str(family) if family > 1 else 'it'} (Benjamini-Hochberg).")
+    if n == family:
+        sentences.append(f"{n} comparison{'s' if n != 1 else ''} made; the adjusted p-values control the false "
+                         f"discovery rate over {'them' if n != 1 else 'it'} (Benjamini-Hochberg).")
+    else:
+        sentences.append(f"{n} of the table's {family} comparisons shown here; the adjusted p-values control the "
+                         f"false discovery rate over all {family} (Benjamini-Hochberg).")
     return " ".join(sentences)
 
 
