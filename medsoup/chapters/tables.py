@@ -215,7 +215,9 @@ def verdict(table: pd.DataFrame, by: str | Sequence[str] = "dataset") -> str:
             text += f"; p = {d.p_value:.3f}, adjusted p = {row['p_adjusted']:.3f}"
         sentences.append(f"On {_group_name(row, keys)}, {text}.")
     n, family = len(table), int(table["family"].max())
-    if n == family:
+    if table["p_value"].isna().all():
+        sentences.append(f"{n} comparison{'s' if n != 1 else ''} made, none with a p-value to adjust (one seed).")
+    elif n == family:
         sentences.append(f"{n} comparison{'s' if n != 1 else ''} made; the adjusted p-values control the false "
                          f"discovery rate over {'them' if n != 1 else 'it'} (Benjamini-Hochberg).")
     else:
