@@ -124,7 +124,10 @@ def test_quickstart_over_a_two_point_grid_at_smoke(tmp_path):
     assert [r["job"] for r in rows] == ["00_quickstart__dataset=breastmnist__seed=0",
                                         "00_quickstart__dataset=breastmnist__seed=1"]
     for row in rows:
-        record = json.loads((out / row["job"] / "results/00_quickstart/smoke.json").read_text())
-        assert record["seed"] == int(row["seed"]) and record["profile"] == "smoke"
+        # a batch job is not the reference run: its results file is results/tmp/... in the job's folder
+        (written,) = row["results"].split(";")
+        assert written.startswith("results/tmp/00_quickstart/smoke-")
+        record = json.loads((out / row["job"] / written).read_text())
+        assert record["seed"] == int(row["seed"]) and record["profile"] == "smoke" and not record["reference"]
         assert float(row["test_auc"]) == pytest.approx(record["test"]["auc"], abs=1e-9)
         assert (out / f"{row['job']}.ipynb").is_file()

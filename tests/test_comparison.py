@@ -1,4 +1,5 @@
-"""The cross-chapter comparison reads each chapter's results format into one table."""
+"""The cross-chapter comparison reads each chapter's long rows into one table and compares each
+method with its own baseline through the shared tables."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import pytest
 
-from medsoup.chapters import comparison as cmp
+from medsoup.chapters import comparison as cmp, fissionfusion as ff, inmerge, tables
+from medsoup.chapters.medmerge import method_name
 
 
 def _metrics(x):
@@ -14,29 +16,42 @@ def _metrics(x):
 
 
 def _results():
-    inmerge = {"settings": {"backbone_epochs": 20, "merge_epochs": 5},
-               "per_seed": [{"dataset": d, "seed": s, "baseline": _metrics(0.5 + s / 100), "inmerge": _metrics(0.6 + s / 100),
-                             "merge_rate": 0.1} for d in ("breastmnist", "retinamnist") for s in (0, 1, 2)]}
-    ff = {"compute": {"breastmnist / seed 0": {"GS models": 8, "GS epochs": 16, "GS wall_time": 70.0,
-                                               "FGG models": 8, "FGG epochs": 14, "FGG wall_time": 50.0}},
-          "rows": [{"dataset": "breastmnist", "seed": s, "recalibrate": rc, "method": m,
-                    "test": _metrics(0.55 + (0.01 * s if m == "GoG" else 0))}
-                   for s in (0, 1) for rc in (False, True) for m in ("GS(best)", "Greedy soup", "GoG", "GS+HS(GoU)")]}
-    mm = {"profile": "smoke", "sources": {"breastmnist": ["pneumoniamnist", "retinamnist"]},
-          "table": [{"target": "breastmnist", "approach": a, "source": src, "seed": s, **_metrics(0.7)}
-                    for s in (0, 1) for a, src in (("FT", "scratch"), ("FT", "pneumoniamnist"),
-                                                   ("LP-FT", "retinamnist"), ("MedMerge", "pneumoniamnist+retinamnist"))]}
-    return {"InMerge": inmerge, "FissionFusion": ff, "MedMerge": mm}
+    s = {"backbone_epochs": 20, "merge_epochs": 5, "tau": 0.3}
+    records = [{"dataset": d, "seed": seed, "setting": setting, "baseline": _metrics(0.5 + seed / 100),
+                "inmerge": _metrics(0.6 + seed / 100 + (0.05 if setting != inmerge.paper_setting(s) else 0)),
+                "merge_rate": 0.1}
+               for d in ("breastmnist", "retinamnist") for seed in (0, 1, 2)
+               for setting in (inmerge.paper_setting(s), "tau=0.0")]
+    im = {"profile": "cpu", "settings": s, "rows": inmerge.long_rows(records).to_dict("records")}
+    ff_rows = []
+    for seed in (0, 1):
+        for rc in (False, True):
+            results = {m: ff.MethodResult({}, {}, _metrics(0.55 + (0.01 * seed if m == "GoG" else 0)), 0, 1)
+                       for m in ("GS(best)", "Greedy soup", "GoG", "GS+HS(GoU)")}
+            ff_rows += ff.long_rows("breastmnist", seed, rc, results)
+    fission = {"profile": "cpu", "settings": {},
+               "compute": {"breastmnist / seed 0": {"GS models": 8, "GS epochs": 16, "GS wall_time": 70.0,
+                                                    "FGG models": 8, "FGG epochs": 14, "FGG wall_time": 50.0}},
+               "rows": ff_rows}
+    s_mm = {"sources": {"breastmnist": ("pneumoniamnist", "retinamnist")}, "lp_epochs": 10, "ft_epochs": 20}
+    mm = {"profile": "smoke", "settings": s_mm,
+          "rows": [tables.row("MedMerge", method_name(s_mm, "breastmnist", a, src), "baseline", "breastmnist", seed,
+                              _metrics(0.7), approach=a, source=src)
+                   for seed in (0, 1) for a, src in (("FT", "scratch"), ("FT", "pneumoniamnist"),
+                                                     ("LP-FT", "retinamnist"), ("MedMerge", "pneumoniamnist+retinamnist"))]}
+    return {"InMerge": im, "FissionFusion": fission, "MedMerge": mm}
 
 
-def test_long_rows_maps_every_chapter_format():
+def test_long_rows_keeps_each_chapters_compared_rows():
     rows = cmp.long_rows(_results())
+    assert list(rows.columns) == ["chapter", "method", "role", "dataset", "seed", "acc", "auc", "f1"]
     assert set(rows["chapter"]) == {"InMerge", "FissionFusion", "MedMerge"}
-    ff = rows[rows["chapter"] == "FissionFusion"]
-    assert set(ff["method"]) == {"GS(best)", "Greedy soup", "GoG"} and len(ff) == 6  # BN-averaged only
+    ff_rows = rows[rows["chapter"] == "FissionFusion"]
+    assert set(ff_rows["method"]) == {"GS(best)", "Greedy soup", "GoG"} and len(ff_rows) == 6  # BN-averaged only
     assert set(rows[rows["chapter"] == "MedMerge"]["method"]) == {"FT (scratch)", "FT (source b)",
                                                                   "LP-FT (source c)", "MedMerge"}
-    assert rows.loc[(rows["method"] == "InMerge") & (rows["seed"] == 2), "auc"].iloc[0] == pytest.approx(0.72)
+    # the paper's setting only: InMerge is 0.1 above its baseline there (0.15 at tau=0.0)
+    assert rows.loc[(rows["method"] == "InMerge") & (rows["seed"] == 2), "auc"].tolist() == pytest.approx([0.72, 0.72])
 
 
 def test_common_grid_is_what_every_chapter_ran_and_paired_rows_pair_by_seed():
@@ -44,29 +59,49 @@ def test_common_grid_is_what_every_chapter_ran_and_paired_rows_pair_by_seed():
     datasets, seeds = cmp.common_grid(rows)
     assert (datasets, seeds) == (["breastmnist"], [0, 1])
     shared = cmp.restrict(rows, datasets, seeds)
-    paired = cmp.paired_rows(shared, "acc")
+    paired = tables.paired(shared, cmp.PAIRS, "acc", by=("chapter", "dataset"))
     inm = paired[paired["method"] == "InMerge"].iloc[0]
     assert inm["difference"] == pytest.approx(0.1) and inm["n"] == 2 and inm["outcome"] == "better"
-    gog = paired[(paired["method"] == "GoG") & (paired["baseline"] == "Greedy soup")].iloc[0]
+    assert inm["chapter"] == "InMerge" and inm["reference"] == "fine-tuning, no merging"
+    gog = paired[(paired["method"] == "GoG") & (paired["reference"] == "Greedy soup")].iloc[0]
     assert gog["difference"] == pytest.approx(0.005)
-    assert "On breastmnist, InMerge is better than fine-tuning, no merging in test ACC: +0.100" in cmp.verdict_sentence(paired)
-    assert set(cmp.summary_table(shared, "auc").columns) == {"breastmnist"}
+    # no GoU and no LP-FT from source b in these rows: 4 of the 6 pairs can be compared
+    assert len(paired) == 4 and (paired["family"] == 4).all()
+    assert (paired["p_adjusted"].dropna() >= paired["p_value"].dropna()).all()
+    text = tables.verdict(paired)
+    assert "On breastmnist, InMerge is better than fine-tuning, no merging in test ACC: +0.100" in text
+    assert text.endswith("4 comparisons made; the adjusted p-values control the false discovery rate over them "
+                         "(Benjamini-Hochberg).")
+    assert set(tables.summary_table(shared, "auc", index=("chapter", "method")).columns) == {"breastmnist"}
 
 
 def test_missing_chapters_degrade_to_what_exists(tmp_path):
     (tmp_path / "10_inmerge").mkdir()
     (tmp_path / "10_inmerge" / "cpu.json").write_text(json.dumps(_results()["InMerge"]))
-    results = cmp.load_results("cpu", tmp_path)
+    results = cmp.chapter_results("cpu", tmp_path)
     assert results["FissionFusion"] is None and results["MedMerge"] is None
     rows = cmp.long_rows(results)
     assert set(rows["chapter"]) == {"InMerge"} and cmp.common_grid(rows)[1] == [0, 1, 2]
     assert cmp.cost_table(results)["epochs"].tolist() == [25, 25]
-    empty = cmp.long_rows(cmp.load_results("paper", tmp_path))
+    empty = cmp.long_rows(cmp.chapter_results("paper", tmp_path))
     assert empty.empty and cmp.common_grid(empty) == ([], [])
-    assert "missing" in cmp.verdict_sentence(cmp.paired_rows(empty, "auc"))
+    assert "missing" in tables.verdict(tables.paired(empty, cmp.PAIRS, "auc", by=("chapter", "dataset")))
+
+
+def test_an_old_format_results_file_is_refused_by_name(tmp_path):
+    (tmp_path / "30_medmerge").mkdir()
+    (tmp_path / "30_medmerge" / "cpu.json").write_text(json.dumps({"table": []}))
+    with pytest.raises(ValueError, match="30_medmerge/cpu.json is not a results file of this version"):
+        cmp.chapter_results("cpu", tmp_path)
 
 
 def test_cost_table_reads_fissionfusion_compute_and_medmerge_settings():
     cost = cmp.cost_table(_results()).set_index("method")
     assert cost.loc["GoG", "epochs"] == 14 and cost.loc["Greedy soup", "wall time (s)"] == 70.0
-    assert cost.loc["MedMerge", "epochs"] == cost.loc["LP-FT (source b)", "epochs"]
+    assert cost.loc["MedMerge", "epochs"] == cost.loc["LP-FT (source b)", "epochs"] == 30
+
+
+def test_an_unknown_metric_is_named():
+    rows = cmp.long_rows(_results())
+    with pytest.raises(KeyError, match="no metric column acu"):
+        tables.paired(rows, cmp.PAIRS, "acu", by=("chapter", "dataset"))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
-from medsoup.chapters import fissionfusion as ff
+from medsoup.chapters import fissionfusion as ff, tables
 from medsoup.chapters.fissionfusion import FISSIONFUSION
 from medsoup.core.data import load_dataset
 from medsoup.core.models import create_model
@@ -13,24 +14,35 @@ from tests.conftest import real_file
 
 
 def _rows():
-    rows = []
+    results, rows = {}, []
     for seed, (a, b) in enumerate([(0.70, 0.75), (0.72, 0.78), (0.71, 0.74)]):
-        for method, value in (("Greedy soup", a), ("GoG", b)):
-            rows.append({"dataset": "retinamnist", "seed": seed, "recalibrate": False, "method": method,
-                         "test": {"f1": value}, "ood": {"noise": {"f1": value - 0.1}, "blur": {"f1": value - 0.2}}})
-    return rows
+        results = {m: ff.MethodResult({}, {"f1": v + 0.01}, {"f1": v}, 0, 1) for m, v in (("Greedy soup", a), ("GoG", b))}
+        ood = {m: {"noise": {"f1": r.test["f1"] - 0.1}, "blur": {"f1": r.test["f1"] - 0.2}} for m, r in results.items()}
+        rows += ff.long_rows("retinamnist", seed, False, results, ood)
+    return pd.DataFrame(rows)
 
 
-def test_values_summary_and_verdict():
+def test_long_rows_summary_and_verdict():
     rows = _rows()
-    assert ff.values(rows, "retinamnist", "GoG", "f1") == [0.75, 0.78, 0.74]
-    assert ff.values(rows, "retinamnist", "GoG", "f1", split="ood") == pytest.approx([0.60, 0.63, 0.59])
-    table = ff.summary_table(rows, ["retinamnist"], ["Greedy soup", "GoG"], {"retinamnist": "f1"})
-    assert table["GoG"]["retinamnist"] == "0.757 ± 0.021 (n=3)"
-    sentence = ff.verdict(rows, "retinamnist", "Greedy soup", "GoG", "f1")
-    assert sentence.startswith("on retinamnist, GoG is better than Greedy soup")
-    one = [r for r in rows if r["seed"] == 0]
-    assert "on one seed, too few to test" in ff.verdict(one, "retinamnist", "Greedy soup", "GoG", "f1")
+    gog = tables.select(rows, "GoG")
+    assert gog["f1"].tolist() == [0.75, 0.78, 0.74] and gog["role"].tolist() == ["method"] * 3
+    assert gog["ood_f1"].tolist() == pytest.approx([0.60, 0.63, 0.59])
+    assert gog["val_f1"].tolist() == pytest.approx([0.76, 0.79, 0.75])
+    table = tables.summary_table(rows, {"retinamnist": "f1"})
+    assert table.loc["GoG", "retinamnist"] == "0.757 ± 0.021 (n=3)"
+    assert tables.summary_table(rows, ff.OOD_METRIC).loc["GoG", "retinamnist"] == "0.607 ± 0.021 (n=3)"
+    sentence = tables.verdict(tables.paired(rows, [("GoG", "Greedy soup")], {"retinamnist": "f1"}))
+    assert sentence.startswith("On retinamnist, GoG is better than Greedy soup in test F1")
+    one = rows[rows["seed"] == 0]
+    assert "on one seed, too few to test" in tables.verdict(tables.paired(one, [("GoG", "Greedy soup")], "f1"))
+
+
+def test_barrier_rows_keep_the_numbers():
+    barriers = [{"dataset": "d", "pair differs in": "seed", "BN": "BN recomputed", "barrier (f1)": 0.02,
+                 "barrier (loss)": 0.005}]
+    (row,) = ff.barrier_rows(barriers, 3)
+    assert row["method"] == "interpolation, only seed differs" and row["seed"] == 3 and row["recalibrate"]
+    assert (row["barrier_metric"], row["barrier"], row["barrier_loss"]) == ("f1", 0.02, 0.005)
 
 
 @pytest.mark.slow
@@ -48,5 +60,7 @@ def test_pipeline_on_a_tiny_zoo():
     assert results["Uniform soup"].ingredients == 1 and results["FGG+Uniform"].ingredients == 1 + s["fgg_snapshots"]
     model = create_model("smallcnn", 2)
     ood = ff.ood_metrics(model, results, data, ("gaussian_noise",), 3, recalibrate=True)
-    rows = ff.records("breastmnist", 0, True, results, ood)
-    assert len(rows) == len(results) and "gaussian_noise" in rows[0]["ood"]
+    rows = ff.long_rows("breastmnist", 0, True, results, ood)
+    assert len(rows) == len(results) and rows[0]["ood_auc"] == ood[rows[0]["method"]]["gaussian_noise"]["auc"]
+    per_corruption = ff.ood_rows("breastmnist", 0, True, ood)
+    assert len(per_corruption) == len(results) and per_corruption[0]["corruption"] == "gaussian_noise"

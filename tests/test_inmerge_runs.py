@@ -2,7 +2,8 @@
 
 import pytest
 
-from medsoup.chapters.inmerge import INMERGE, comparison, protocol, sweep, tally, verdict
+from medsoup.chapters.inmerge import INMERGE, comparison, long_rows, protocol, sweep, tally
+from medsoup.chapters.tables import verdict
 from medsoup.runs.profiles import settings
 from tests.conftest import real_file
 
@@ -22,9 +23,17 @@ def test_comparison_and_verdict_follow_the_paired_difference():
             for s in range(5)]
     table = comparison(rows, metrics=("auc",))
     row = table.iloc[0]
-    assert row["n"] == 5 and row["diff"] == pytest.approx(0.0204) and row["significant"]
+    assert row["n"] == 5 and row["difference"] == pytest.approx(0.0204) and row["ci_low"] > 0
     assert row["outcome"] == "better"
-    assert verdict(table).startswith("On d, InMerge is better than the baseline in test AUC: +0.020 (95% CI [")
+    assert row["reference_mean"] == pytest.approx(0.82) and row["method_mean"] == pytest.approx(0.8404)
+    assert row["p_adjusted"] == pytest.approx(row["p_value"]) and row["family"] == 1  # one comparison
+    text = verdict(table)
+    assert text.startswith("On d, InMerge is better than the baseline in test AUC: +0.020 (95% CI [")
+    assert text.endswith("1 comparison made; the adjusted p-values control the false discovery rate over it "
+                         "(Benjamini-Hochberg).")
+    rows = long_rows(rows)
+    assert list(rows.columns[:5]) == ["chapter", "method", "role", "dataset", "seed"] and len(rows) == 10
+    assert set(rows["method"]) == {"InMerge", "fine-tuning, no merging"}
 
 
 def test_sweep_shares_the_baseline_and_logs_merge_rates():

@@ -209,21 +209,30 @@ def test_builder_rejects_unknown_options():
 def test_paired_table_and_verdict_follow_the_numbers():
     import pandas as pd
 
-    table = pd.DataFrame([{"target": "t", "approach": a, "source": "s", "seed": seed, "f1": v}
-                          for a, values in (("FT", (0.5, 0.6, 0.55)), ("MedMerge", (0.6, 0.7, 0.66)))
+    from medsoup.chapters import tables
+
+    table = pd.DataFrame([tables.row("MedMerge", method, "baseline", "t", seed, {"f1": v}, approach=a, source="s")
+                          for a, method, values in (("FT", "FT (s)", (0.5, 0.6, 0.55)), ("MedMerge", "MedMerge", (0.6, 0.7, 0.66)))
                           for seed, v in enumerate(values)])
-    paired = mr.paired_against(table, ["approach", "source"], {"approach": "MedMerge"}, "f1")
+    paired = tables.paired(table, tables.against_all(table, "MedMerge"), "f1")
     assert len(paired) == 1 and paired.difference[0] == pytest.approx(0.1033, abs=1e-3)
-    text = mr.verdict(paired, "MedMerge")
+    text = tables.verdict(paired)
     assert paired.outcome[0] == "better"
-    assert text.startswith("t: MedMerge is better than FT s in F1: +0.103 (95% CI [") and "n=3" in text
+    assert text.startswith("On t, MedMerge is better than FT (s) in test F1: +0.103 (95% CI [") and "n=3" in text
+
+
+def test_method_names_say_which_source():
+    s = {"sources": {"t": ("b-set", "c-set")}}
+    assert [mr.method_name(s, "t", a, src) for a, src in (("FT", "scratch"), ("FT", "c-set"), ("LP-FT", "b-set"),
+                                                          ("MedMerge", "b-set+c-set"))] == \
+        ["FT (scratch)", "FT (source c)", "LP-FT (source b)", "MedMerge"]
 
 
 def test_w_agreement_compares_favoured_source_with_better_ft():
     import pandas as pd
 
     s = {"sources": {"t": ("b", "c")}}
-    table = pd.DataFrame([{"target": "t", "approach": "FT", "source": src, "seed": 0, "f1": f1}
+    table = pd.DataFrame([{"dataset": "t", "approach": "FT", "source": src, "seed": 0, "f1": f1}
                           for src, f1 in (("b", 0.7), ("c", 0.6))])
     assert mr.w_agrees_with_ft(s, table, {"t": [0.6, 0.7]}) == {"t": True}
     assert mr.w_agrees_with_ft(s, table, {"t": [0.4, 0.3]}) == {"t": False}

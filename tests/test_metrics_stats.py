@@ -158,8 +158,11 @@ TABLE = {"smoke": {"epochs": 1, "seeds": (0,)}, "cpu": {"epochs": 10, "seeds": (
 
 
 def test_settings_apply_non_none_overrides():
-    assert profiles.settings(TABLE, "cpu") == {"epochs": 10, "seeds": (0, 1), "profile": "cpu"}
-    assert profiles.settings(TABLE, "smoke", epochs=3, seeds=None) == {"epochs": 3, "seeds": (0,), "profile": "smoke"}
+    assert profiles.settings(TABLE, "cpu") == {"epochs": 10, "seeds": (0, 1), "profile": "cpu", "overrides": {}}
+    assert profiles.settings(TABLE, "smoke", epochs=3, seeds=None) == {"epochs": 3, "seeds": (0,), "profile": "smoke",
+                                                                       "overrides": {"epochs": 3}}
+    # a value equal to the profile's (a list for a tuple, as papermill passes it) is no override
+    assert profiles.settings(TABLE, "cpu", epochs=10, seeds=[0, 1])["overrides"] == {}
     assert TABLE["smoke"]["epochs"] == 1  # the table is not modified
 
 

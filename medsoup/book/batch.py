@@ -9,8 +9,10 @@ one papermill job per point. Each job is named by its parameters,
 ``results/batch/<stem>``):
 
 * ``<name>.ipynb``: the executed notebook;
-* ``<name>/``: the kernel's working directory, so the notebook's own ``results/<stem>/<profile>.json``
-  lands in ``<name>/results/...`` and jobs never overwrite each other or the reference results;
+* ``<name>/``: the kernel's working directory, so the results file the notebook writes (a batch job
+  is never the reference run: ``results/tmp/<stem>/<profile>-<hash>.json``, see
+  :mod:`medsoup.runs.results`) lands in ``<name>/results/...`` and jobs never overwrite each other
+  or the reference results;
 * ``<name>.stamp``: the hash of (notebook, parameters, ``medsoup/`` sources, constraints); a job whose
   stamp matches is not run again, so a batch can be resumed or extended cheaply.
 

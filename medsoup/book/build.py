@@ -8,7 +8,9 @@ Execution: each source notebook ``notebooks/<name>.ipynb`` (committed without ou
 through papermill with those of ``{"profile": profile, **parameters}`` it declares into the build product
 ``book/executed/<name>.ipynb``, which ``_toc.yml`` lists. The kernel's working directory is the
 repository root, the same as for ``pytest``, the ``medsoup`` CLIs and the README's ``papermill``
-example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset.
+example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset,
+and ``MEDSOUP_REFERENCE_RUN=1``: these executions are the reference runs whose results files
+(``results/<stem>/<profile>.json``) are committed (:mod:`medsoup.runs.results`).
 A notebook is skipped when its executed copy exists and its stamp file ``<name>.stamp`` beside it
 matches the sha256 of (source notebook, parameters, kernel, the code of the ``medsoup/`` sources
 (docstrings and comments left out, as in the run keys),
@@ -165,6 +167,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     stays in ``out_dir`` (without a stamp, so the next call runs it again).
     """
     from medsoup.runs.profiles import resolve_profile  # imports torch
+    from medsoup.runs.results import REFERENCE_ENV
 
     root = repo_root()
     sources = notebook_paths(only)
@@ -191,7 +194,16 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
         stamp_file.unlink(missing_ok=True)
         print(f"{tag}: executing ...", flush=True)
         start = time.perf_counter()
-        run_papermill(source, target, shares[source], kernel_name, root, log_output)
+        # The book runner's executions are reference runs: their results files are
+        # results/<stem>/<profile>.json unless a parameter changes a setting (medsoup.runs.results).
+        saved_flag, os.environ[REFERENCE_ENV] = os.environ.get(REFERENCE_ENV), "1"
+        try:
+            run_papermill(source, target, shares[source], kernel_name, root, log_output)
+        finally:
+            if saved_flag is None:
+                os.environ.pop(REFERENCE_ENV, None)
+            else:
+                os.environ[REFERENCE_ENV] = saved_flag
         stamp_file.write_text(stamp + "\n")
         record_timing(root, profile, source.stem, time.perf_counter() - start)
         print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "

@@ -77,7 +77,7 @@ def baseline_run(recipe: dict[str, Any], dataset: str, seed: int) -> RunConfig:
 def baseline_record(profile: str = "cpu", executor=None, **overrides) -> dict:
     """Train/load the baseline runs of ``profile`` and summarise them per dataset."""
     recipe = settings(BASELINE, profile, **overrides)
-    record = {"profile": resolve_profile(profile), "recipe": {k: v for k, v in recipe.items() if k != "profile"},
+    record = {"profile": resolve_profile(profile), "recipe": {k: v for k, v in recipe.items() if k not in ("profile", "overrides")},
               "seeds": list(recipe["seeds"]), "datasets": {}, "code_version": code_version(),
               "versions": package_versions(), "machine": machine()}
     for dataset in recipe["datasets"]:

@@ -1,78 +1,71 @@
-"""The three methods side by side, from the results files their chapters write.
+"""The three methods side by side, from the long rows their chapters write.
 
-Each chapter notebook writes ``results/<stem>/<profile>.json``; :func:`load_results` reads them
-(None where a chapter has not run), :func:`long_rows` turns each chapter's own format into one
-long table (chapter, method, role, dataset, seed, test metrics), :func:`common_grid` finds the
-datasets and seeds every present chapter ran, and :func:`paired_rows` compares each method with
-its own baseline over the same seeds (:func:`medsoup.core.stats.paired_difference`).
+Each chapter notebook writes ``results/<stem>/<profile>.json`` (:mod:`medsoup.runs.results`);
+:func:`chapter_results` reads the reference files (None where a chapter has not run),
+:func:`long_rows` keeps each chapter's rows that the comparison uses (the paper's setting and
+methods), :func:`common_grid` finds the datasets and seeds every present chapter ran, and
+:data:`PAIRS` compares each method with its own baseline over the same seeds through
+:func:`medsoup.chapters.tables.paired`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from medsoup.chapters.inmerge import BASELINE as INMERGE_BASELINE, paper_setting
 from medsoup.core.metrics import METRICS
-from medsoup.core.stats import PairedDifference, paired_difference, summarise
+from medsoup.runs.results import ROW_KEYS, load_results
 
 #: Chapter name -> the notebook stem whose results file it reads.
 CHAPTERS = {"InMerge": "10_inmerge", "FissionFusion": "20_fissionfusion", "MedMerge": "30_medmerge"}
 #: The metrics every chapter reports (recall is not recorded by all of them).
 COMPARED_METRICS = tuple(m for m in METRICS if m != "recall")
-#: (chapter, method, baseline it is compared with): each paper's own claim.
-PAIRS = (("InMerge", "InMerge", "fine-tuning, no merging"),
-         ("FissionFusion", "GoG", "Greedy soup"), ("FissionFusion", "GoG", "GS(best)"),
-         ("FissionFusion", "GoU", "GS(best)"),
-         ("MedMerge", "MedMerge", "LP-FT (source b)"), ("MedMerge", "MedMerge", "FT (source b)"))
+#: The comparison page's settings: the metric its tables and verdicts use.
+COMPARISON = {profile: {"metric": "auc"} for profile in ("smoke", "cpu", "paper")}
 _FISSIONFUSION_METHODS = ("GS(best)", "Greedy soup", "Uniform soup", "FGG(best)", "GoU", "GoG")
 
 
-def load_results(profile: str, root: str | Path = "results") -> dict[str, dict | None]:
-    """Each chapter's results record for ``profile``, or None where the file does not exist."""
-    out = {}
-    for chapter, stem in CHAPTERS.items():
-        path = Path(root) / stem / f"{profile}.json"
-        out[chapter] = json.loads(path.read_text()) if path.is_file() else None
-    return out
+def _pair(chapter: str, method: str, reference: str) -> tuple[dict, dict]:
+    return ({"chapter": chapter, "method": method, "label": method},
+            {"chapter": chapter, "method": reference, "label": reference})
 
 
-def _row(chapter: str, method: str, role: str, dataset: str, seed: int, metrics: dict) -> dict[str, Any]:
-    return {"chapter": chapter, "method": method, "role": role, "dataset": dataset, "seed": int(seed),
-            **{m: float(metrics[m]) for m in COMPARED_METRICS if m in metrics}}
+#: Each paper's own claim: (method, the baseline it is compared with), as selectors of the long rows.
+PAIRS = (_pair("InMerge", "InMerge", INMERGE_BASELINE),
+         _pair("FissionFusion", "GoG", "Greedy soup"), _pair("FissionFusion", "GoG", "GS(best)"),
+         _pair("FissionFusion", "GoU", "GS(best)"),
+         _pair("MedMerge", "MedMerge", "LP-FT (source b)"), _pair("MedMerge", "MedMerge", "FT (source b)"))
+
+
+def chapter_results(profile: str, root: str | Path = "results") -> dict[str, dict | None]:
+    """Each chapter's reference results record for ``profile``, or None where the file does not exist."""
+    return load_results(profile, CHAPTERS, root)
 
 
 def long_rows(results: dict[str, dict | None]) -> pd.DataFrame:
     """One row per (chapter, method, dataset, seed) with test ACC, AUC and F1.
 
-    InMerge: the merged run and its baseline (the same epochs without merging). FissionFusion:
-    Table 1's methods, BatchNorm statistics averaged as in the paper's code. MedMerge: FT and
-    LP-FT from each of the target's two sources ("source b" and "source c" as in
-    ``medmerge_runs.LEAVE_ONE_OUT``) and MedMerge.
+    InMerge: the paper's setting, the merged run and its baseline (the same epochs without
+    merging). FissionFusion: Table 1's methods, BatchNorm statistics averaged as in the paper's
+    code. MedMerge: FT and LP-FT from each of the target's two sources and MedMerge.
     """
-    rows = []
+    frames = []
     inmerge = results.get("InMerge")
-    for r in (inmerge or {}).get("per_seed", []):
-        rows.append(_row("InMerge", "fine-tuning, no merging", "baseline", r["dataset"], r["seed"], r["baseline"]))
-        rows.append(_row("InMerge", "InMerge", "method", r["dataset"], r["seed"], r["inmerge"]))
+    if inmerge:
+        rows = pd.DataFrame(inmerge["rows"])
+        frames.append(rows[rows["setting"] == paper_setting(inmerge["settings"])])
     ff = results.get("FissionFusion")
-    for r in (ff or {}).get("rows", []):
-        if not r["recalibrate"] and r["method"] in _FISSIONFUSION_METHODS:
-            role = "method" if r["method"] in ("GoG", "GoU") else "baseline"
-            rows.append(_row("FissionFusion", r["method"], role, r["dataset"], r["seed"], r["test"]))
+    if ff:
+        rows = pd.DataFrame(ff["rows"])
+        frames.append(rows[~rows["recalibrate"].astype(bool) & rows["method"].isin(_FISSIONFUSION_METHODS)])
     mm = results.get("MedMerge")
-    for r in (mm or {}).get("table", []):
-        sources = mm["sources"][r["target"]]
-        if r["approach"] == "MedMerge":
-            method, role = "MedMerge", "method"
-        elif r["source"] in sources:
-            method, role = f"{r['approach']} (source {'bc'[sources.index(r['source'])]})", "baseline"
-        else:
-            method, role = f"{r['approach']} ({r['source']})", "baseline"
-        rows.append(_row("MedMerge", method, role, r["target"], r["seed"], r))
-    return pd.DataFrame(rows, columns=["chapter", "method", "role", "dataset", "seed", *COMPARED_METRICS])
+    if mm:
+        frames.append(pd.DataFrame(mm["rows"]))
+    columns = [*ROW_KEYS, *COMPARED_METRICS]
+    frames = [f.reindex(columns=columns) for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def common_grid(rows: pd.DataFrame) -> tuple[list[str], list[int]]:
@@ -89,43 +82,6 @@ def restrict(rows: pd.DataFrame, datasets: list[str], seeds: list[int]) -> pd.Da
     return rows[rows["dataset"].isin(datasets) & rows["seed"].isin(seeds)]
 
 
-def summary_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """``mean ± std (n)`` of ``metric`` per (chapter, method) and dataset, in the rows' order."""
-    table = {}
-    for (chapter, method), group in rows.groupby(["chapter", "method"], sort=False):
-        table[(chapter, method)] = {dataset: str(summarise(g.sort_values("seed")[metric].to_numpy()))
-                                    for dataset, g in group.groupby("dataset")}
-    out = pd.DataFrame(table).T
-    out.index.names = ["chapter", "method"]
-    return out
-
-
-def paired_rows(rows: pd.DataFrame, metric: str, pairs=PAIRS) -> pd.DataFrame:
-    """Per dataset, each method minus its baseline over the seeds both ran (positive: the method
-    is better), as :meth:`~medsoup.core.stats.PairedDifference.columns` (``outcome``: better, worse, ...)."""
-    out = []
-    for chapter, method, baseline in pairs:
-        for dataset in sorted(rows["dataset"].unique()):
-            mine = rows[(rows["chapter"] == chapter) & (rows["dataset"] == dataset)]
-            a = mine[mine["method"] == method].set_index("seed")[metric]
-            b = mine[mine["method"] == baseline].set_index("seed")[metric]
-            seeds = sorted(set(a.index) & set(b.index))
-            if not seeds:
-                continue
-            d = paired_difference(b.loc[seeds].to_numpy(), a.loc[seeds].to_numpy())
-            out.append({"chapter": chapter, "method": method, "baseline": baseline, "dataset": dataset,
-                        "metric": metric, **d.columns()})
-    return pd.DataFrame(out)
-
-
-def verdict_sentence(paired: pd.DataFrame) -> str:
-    """One sentence per comparison, built from :func:`paired_rows` (true for any outcome)."""
-    if paired.empty:
-        return "No method could be compared with its baseline: the chapters' results are missing."
-    return " ".join(f"On {r.dataset}, {PairedDifference.from_columns(r).describe(r.method, r.baseline, f'test {r.metric.upper()}')}."
-                    for r in paired.itertuples())
-
-
 def cost_table(results: dict[str, dict | None]) -> pd.DataFrame:
     """Training epochs per dataset and seed each method spends beyond what it shares with its
     baseline's start (pre-training, sources), from the chapters' recorded settings and compute."""
@@ -136,7 +92,7 @@ def cost_table(results: dict[str, dict | None]) -> pd.DataFrame:
         total = s["backbone_epochs"] + s["merge_epochs"]
         rows += [{"chapter": "InMerge", "method": m, "epochs": total, "models trained": 1,
                   "note": "merging adds one similarity test per kernel pair per step; same epochs"}
-                 for m in ("fine-tuning, no merging", "InMerge")]
+                 for m in (INMERGE_BASELINE, "InMerge")]
     ff = results.get("FissionFusion")
     if ff and ff.get("compute"):
         compute = pd.DataFrame(ff["compute"]).T
@@ -148,9 +104,7 @@ def cost_table(results: dict[str, dict | None]) -> pd.DataFrame:
                              "note": f"the {zoo} zoo (mean over dataset x seed)"})
     mm = results.get("MedMerge")
     if mm:
-        from medsoup.chapters.medmerge import MEDMERGE
-
-        s = MEDMERGE[mm["profile"]]
+        s = mm["settings"]
         rows += [{"chapter": "MedMerge", "method": "FT (source b)", "epochs": s["ft_epochs"], "models trained": 1,
                   "note": "one source"},
                  {"chapter": "MedMerge", "method": "LP-FT (source b)", "epochs": s["lp_epochs"] + s["ft_epochs"],

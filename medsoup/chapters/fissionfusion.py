@@ -17,10 +17,10 @@ from typing import Any, Callable
 
 import torch
 
+from medsoup.chapters.tables import row, scalars
 from medsoup.core.bn import evaluate_state, train_images
 from medsoup.core.corruptions import corrupted
 from medsoup.core.data import MedData
-from medsoup.core.stats import paired_difference, summarise
 from medsoup.core.train import TrainConfig
 from medsoup.merging.fgg import fgg_epochs
 from medsoup.merging.soups import ScoreFn, greedy_soup, hierarchical_soup, state_scorer, uniform_soup
@@ -30,6 +30,8 @@ from medsoup.runs.store import RunConfig, RunResult, run, run_many
 #: The metric each dataset is selected and reported by, after the paper's analogue (APTOS: F1,
 #: RSNA Pneumonia: F1); BreastMNIST uses AUC, its 78 validation images make F1 very coarse.
 METRIC = {"retinamnist": "f1", "pneumoniamnist": "f1", "breastmnist": "auc"}
+#: Each dataset's metric on the corrupted test sets (mean over corruptions) in the long rows.
+OOD_METRIC = {dataset: f"ood_{metric}" for dataset, metric in METRIC.items()}
 #: The dataset the stand-in "pre-trained" model is trained on, for each target dataset.
 SOURCE = {"breastmnist": "pneumoniamnist", "retinamnist": "pneumoniamnist", "pneumoniamnist": "retinamnist"}
 
@@ -332,47 +334,51 @@ def ood_metrics(model, results: dict[str, MethodResult], data: MedData, corrupti
     return out
 
 
-def records(dataset: str, seed: int, recalibrate: bool, results: dict[str, MethodResult],
-            ood: dict[str, dict[str, dict]] | None = None) -> list[dict]:
-    """Flat JSON-ready rows (one per method) of :func:`soup_methods` (and :func:`ood_metrics`)."""
-    def clean(metrics):
-        return {k: v for k, v in metrics.items() if k != "auc_per_label"}
-    return [{"dataset": dataset, "seed": seed, "recalibrate": recalibrate, "method": name,
-             "val": clean(r.val), "test": clean(r.test), "evaluations": r.evaluations, "ingredients": r.ingredients,
-             **({"ood": {c: clean(m) for c, m in ood[name].items()}} if ood and name in ood else {})}
-            for name, r in results.items()]
+#: The methods built on FGG's zoo (the chapter's methods); the others are the model soups' baselines.
+FGG_METHODS = ("FGG(best)", "GoU", "GoG", "FGG+Uniform", "FGG+Greedy")
 
 
-def values(rows: list[dict], dataset: str, method: str, metric: str, recalibrate: bool = False,
-           split: str = "test") -> list[float]:
-    """Per-seed values (in seed order) of one method's ``split`` ``metric``; ``split="ood"`` gives
-    the mean over corruptions."""
-    chosen = sorted((r for r in rows if r["dataset"] == dataset and r["method"] == method
-                     and r["recalibrate"] == recalibrate), key=lambda r: r["seed"])
-    if split == "ood":
-        return [sum(m[metric] for m in r["ood"].values()) / len(r["ood"]) for r in chosen]
-    return [r[split][metric] for r in chosen]
+def long_rows(dataset: str, seed: int, recalibrate: bool, results: dict[str, MethodResult],
+              ood: dict[str, dict[str, dict]] | None = None) -> list[dict]:
+    """The chapter's long rows (:mod:`medsoup.chapters.tables`), one per method of :func:`soup_methods`:
+    test metrics, ``val_*`` metrics, ``ood_*`` (mean over the corrupted test sets of
+    :func:`ood_metrics`), ``recalibrate``, ``evaluations`` and ``ingredients``."""
+    out = []
+    for name, r in results.items():
+        shifted = list(ood[name].values()) if ood and name in ood else []
+        mean_ood = {k: sum(m[k] for m in shifted) / len(shifted) for k in scalars(shifted[0])} if shifted else {}
+        out.append({**row("FissionFusion", name, _role(name), dataset, seed, r.test), **scalars(r.val, "val_"),
+                    **scalars(mean_ood, "ood_"), "recalibrate": recalibrate, "evaluations": r.evaluations,
+                    "ingredients": r.ingredients})
+    return out
 
 
-def summary_table(rows: list[dict], datasets, methods, metric_of: dict[str, str], recalibrate: bool = False,
-                  split: str = "test") -> dict[str, dict[str, str]]:
-    """``{method: {dataset: "mean ± std (n)"}}`` of each dataset's metric over seeds."""
-    table = {}
-    for method in methods:
-        table[method] = {}
-        for dataset in datasets:
-            found = values(rows, dataset, method, metric_of[dataset], recalibrate, split)
-            if found:
-                table[method][dataset] = str(summarise(found))
-    return table
+def _role(method: str) -> str:
+    return "method" if method in FGG_METHODS else "baseline"
 
 
-def verdict(rows: list[dict], dataset: str, a: str, b: str, metric: str, recalibrate: bool = False,
-            split: str = "test", recalibrate_b: bool | None = None) -> str:
-    """A sentence comparing method ``b`` with ``a`` on ``dataset`` over the same seeds (paired);
-    ``recalibrate_b`` (default: ``recalibrate``) compares a method with itself across BN settings."""
-    recalibrate_b = recalibrate if recalibrate_b is None else recalibrate_b
-    label_b = b + (" with BN recomputed" if recalibrate_b and not recalibrate else "")
-    d = paired_difference(values(rows, dataset, a, metric, recalibrate, split),
-                          values(rows, dataset, b, metric, recalibrate_b, split))
-    return f"on {dataset}, {d.describe(label_b, a, metric)}"
+def ood_rows(dataset: str, seed: int, recalibrate: bool, ood: dict[str, dict[str, dict]]) -> list[dict]:
+    """One long row per method and corruption (column ``corruption``) of :func:`ood_metrics`."""
+    return [row("FissionFusion", name, _role(name), dataset, seed, metrics,
+                recalibrate=recalibrate, corruption=corruption)
+            for name, per in ood.items() for corruption, metrics in per.items()]
+
+
+def bn_pairs(methods) -> list[tuple[dict, dict]]:
+    """Selector pairs (:func:`medsoup.chapters.tables.paired`): each method with its BatchNorm
+    statistics recomputed against the same method with the averaged ones."""
+    return [({"method": m, "recalibrate": True, "label": f"{m} with BN recomputed"},
+             {"method": m, "recalibrate": False, "label": m}) for m in methods]
+
+
+def barrier_rows(barriers: list[dict], seed: int) -> list[dict]:
+    """Long rows of the landscape notebook's barrier records (``dataset``, ``pair differs in``, ``BN``,
+    ``barrier (<metric>)``, ``barrier (loss)``): method ``interpolation, only <kind> differs``,
+    ``recalibrate``, ``barrier_metric``, ``barrier`` and ``barrier_loss``."""
+    out = []
+    for b in barriers:
+        metric = next(k[len("barrier ("):-1] for k in b if k.startswith("barrier (") and k != "barrier (loss)")
+        out.append(row("FissionFusion", f"interpolation, only {b['pair differs in']} differs", "measurement",
+                       b["dataset"], seed, recalibrate=b["BN"] == "BN recomputed", barrier_metric=metric,
+                       barrier=b[f"barrier ({metric})"], barrier_loss=b["barrier (loss)"]))
+    return out

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medsoup.core.stats import PairedDifference, paired_difference, summarise
+from medsoup.chapters.tables import paired, row
 from medsoup.core.train import TrainConfig
 from medsoup.merging.inmerge import check_params
 from medsoup.runs.profiles import CPU_DATASETS
@@ -141,29 +141,37 @@ def sweep(s: dict, variants: Mapping[str, dict], datasets: Sequence[str], seeds:
     return records
 
 
+#: The method and reference labels of the chapter's long rows.
+METHOD, BASELINE = "InMerge", "fine-tuning, no merging"
+#: The comparison every InMerge table makes: InMerge against the baseline on the same seeds.
+PAIR = ({"method": METHOD}, {"method": BASELINE, "label": "the baseline"})
+#: The columns of a :func:`sweep` record that are not settings of the variant.
+_MEASURED = ("dataset", "seed", "baseline", "inmerge", "merge_rate", "runs")
+
+
+def paper_setting(s: dict) -> str:
+    """The label of the paper's setting in the chapter's sweep (the comparison page reads these rows)."""
+    return f"tau={s['tau']} (paper)"
+
+
+def long_rows(records: Sequence[dict], **columns) -> pd.DataFrame:
+    """The chapter's long rows (:mod:`medsoup.chapters.tables`) of :func:`sweep` records: per record
+    a baseline row and an InMerge row with its ``merge_rate``, both carrying ``model``, ``setting``,
+    the variant's overrides (``alpha``, ``p``, ...) and the constant ``columns`` (e.g. ``ablation=``)."""
+    out = []
+    for r in records:
+        extra = {**{k: v for k, v in r.items() if k not in _MEASURED}, **columns}
+        out.append(row("InMerge", BASELINE, "baseline", r["dataset"], r["seed"], r["baseline"], **extra))
+        out.append(row("InMerge", METHOD, "method", r["dataset"], r["seed"], r["inmerge"], **extra,
+                       **{k: r[k] for k in ("merge_rate",) if k in r}))
+    return pd.DataFrame(out)
+
+
 def comparison(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
                by: str | Sequence[str] = "dataset") -> pd.DataFrame:
-    """Baseline vs InMerge per group: mean +- std over seeds and the paired difference with its 95% CI.
-
-    ``records`` (e.g. from :func:`sweep`) hold the ``by`` keys, ``seed``, and the ``baseline`` and
-    ``inmerge`` test metrics measured on the same seed; ``merge_rate`` is averaged when present.
-    """
-    keys = (by,) if isinstance(by, str) else tuple(by)
-    table = []
-    for group in dict.fromkeys(tuple(r[k] for k in keys) for r in records):
-        mine = sorted((r for r in records if tuple(r[k] for k in keys) == group), key=lambda r: r["seed"])
-        for metric in metrics:
-            base = [r["baseline"][metric] for r in mine]
-            merged = [r["inmerge"][metric] for r in mine]
-            b, m, d = summarise(base), summarise(merged), paired_difference(base, merged)
-            row = dict(zip(keys, group))
-            row.update({"metric": metric, "n": b.n, "baseline": b.mean, "baseline_std": b.std, "inmerge": m.mean,
-                        "inmerge_std": m.std, "diff": d.mean, "ci_low": d.low, "ci_high": d.high,
-                        "p_value": d.p_value, "significant": d.significant, "outcome": d.outcome})
-            if all("merge_rate" in r for r in mine):
-                row["merge_rate"] = float(np.mean([r["merge_rate"] for r in mine]))
-            table.append(row)
-    return pd.DataFrame(table)
+    """InMerge against the baseline per group of ``by`` (:func:`medsoup.chapters.tables.paired` over
+    :func:`long_rows`), with the mean ``merge_rate`` of the InMerge runs."""
+    return paired(long_rows(records), [PAIR], list(metrics), by=by, extra=("merge_rate",))
 
 
 def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.DataFrame:
@@ -177,29 +185,21 @@ def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.Dat
     return table
 
 
-def _group_name(row: pd.Series, keys: Sequence[str]) -> str:
-    return ", ".join(str(row[k]) if k == "dataset" else f"{k} {row[k]}" for k in keys)
-
-
-def verdict(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = "dataset") -> str:
-    """One sentence per group of :func:`comparison` saying whether InMerge helped, from the CI."""
-    keys = (by,) if isinstance(by, str) else tuple(by)
-    sentences = []
-    for _, r in table[table["metric"] == metric].iterrows():
-        d = PairedDifference(r["diff"], r["ci_low"], r["ci_high"], r["p_value"], int(r["n"]), 0.95)
-        sentences.append(f"On {_group_name(r, keys)}, {d.describe('InMerge', 'the baseline', f'test {metric.upper()}')}.")
-    return " ".join(sentences)
-
-
 def tally(table: pd.DataFrame, metric: str = "auc") -> str:
-    """How many settings of :func:`comparison` raise or lower ``metric`` significantly (95% CI)."""
+    """How many settings of :func:`comparison` raise or lower ``metric`` significantly (95% CI), and
+    how many of the raw significant ones keep an adjusted p-value below 0.05 (Benjamini-Hochberg over
+    the table's comparisons)."""
     rows = table[table["metric"] == metric]
     up, down = int((rows["outcome"] == "better").sum()), int((rows["outcome"] == "worse").sum())
-    best = rows.loc[rows["diff"].idxmax()]
+    best = rows.loc[rows["difference"].idxmax()]
     text = (f"Of {len(rows)} settings, {up} raise test {metric.upper()} significantly over the baseline and "
-            f"{down} lower it; the largest mean change is {best['diff']:+.4f} "
+            f"{down} lower it; the largest mean change is {best['difference']:+.4f} "
             f"(seeds per setting: {rows['n'].min()}).")
-    if "merge_rate" in rows:
+    if up + down:
+        text += (f" Adjusted for the {int(table['family'].max())} comparisons of the table (Benjamini-Hochberg), "
+                 f"{int(((rows['outcome'] != 'no significant difference') & (rows['p_adjusted'] < 0.05)).sum())} "
+                 f"of these {up + down} keep p < 0.05.")
+    if "merge_rate" in rows and rows["merge_rate"].notna().all():
         inert = int((rows["merge_rate"] == 0).sum())
         text += (f" In {inert} of them no kernel was merged at all (no selected pair passed the threshold), so"
                  f" InMerge there is the baseline; the mean merge rate ranges from {100 * rows['merge_rate'].min():.2f}%"

@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from medsoup.chapters.baselines import BASELINE, baseline_run
+from medsoup.chapters.tables import row, scalars
 from medsoup.core.checkpoint import load_metadata
 from medsoup.core.models import conv_layers, create_model
-from medsoup.core.stats import PairedDifference, paired_difference, summarise
 from medsoup.core.train import TrainConfig
 from medsoup.merging.medmerge import merged_keys, recover_weights
 from medsoup.runs.builders import source_state
 from medsoup.runs.profiles import CPU_DATASETS
-from medsoup.runs.store import RunConfig, run, run_many
+from medsoup.runs.store import RunConfig, RunResult, run, run_many
 
 #: Sources per target: each target's sources are the two other offline datasets (cpu, smoke), or
 #: ImageNet plus the same-modality MedMNIST dataset as in the paper (ChestMNIST -> PneumoniaMNIST).
@@ -150,64 +150,42 @@ def approaches(s: dict, target: str, seed: int) -> list[tuple[str, str, RunConfi
     return rows
 
 
-def _collect(entries: list[tuple[dict, RunConfig]], executor=None) -> pd.DataFrame:
-    results = run_many([config for _, config in entries], executor=executor)
-    return pd.DataFrame([{**labels, "seed": config.train.seed, "acc": r.test["acc"], "f1": r.test["f1"],
-                          "auc": r.test["auc"], "val_auc": r.val["auc"]}
-                         for (labels, config), r in zip(entries, results)])
+#: The ablation every other one is compared with.
+DEFAULT_ABLATION = next(iter(ABLATIONS))
+
+
+def method_name(s: dict, target: str, approach: str, source: str) -> str:
+    """The method label of an approach row: ``"FT (scratch)"``, ``"LP-FT (source b)"``, ``"MedMerge"``
+    (sources by their role for the target, so the label means the same on every target)."""
+    if approach == "MedMerge":
+        return approach
+    sources = s["sources"][target]
+    return f"{approach} ({'source ' + 'bc'[sources.index(source)] if source in sources else source})"
+
+
+def _collect(entries: list[tuple[Any, RunConfig]], executor=None) -> list[tuple[Any, RunConfig, RunResult]]:
+    return [(labels, config, r) for (labels, config), r in zip(entries, run_many([c for _, c in entries], executor))]
 
 
 def collect_table(s: dict, executor=None) -> pd.DataFrame:
-    """One row per (target, approach, source, seed) with test ACC, macro F1, AUC (runs as needed)."""
-    entries = [({"target": target, "approach": approach, "source": source}, config)
-               for target in s["targets"] for seed in s["seeds"]
+    """The chapter's long rows (:mod:`medsoup.chapters.tables`), one per (target, approach, source,
+    seed): test ACC, macro F1, AUC (and recall), ``val_auc``, ``approach`` and ``source`` (runs as needed)."""
+    entries = [((target, approach, source), config) for target in s["targets"] for seed in s["seeds"]
                for approach, source, config in approaches(s, target, seed)]
-    return _collect(entries, executor)
+    return pd.DataFrame([row("MedMerge", method_name(s, t, approach, source), "method" if approach == "MedMerge" else "baseline",
+                             t, config.train.seed, r.test, val_auc=r.val["auc"], approach=approach, source=source)
+                         for (t, approach, source), config, r in _collect(entries, executor)])
 
 
 def collect_ablations(s: dict, executor=None) -> pd.DataFrame:
-    """One row per (target, ablation, seed): test metrics after FT, and the LP stage's test metrics."""
-    entries = [({"target": target, "ablation": name}, medmerge_run(s, target, seed, **options))
+    """Long rows, one per (target, ablation, seed): test metrics after FT (method: the ablation's
+    name), ``val_auc``, and the LP stage's test metrics as ``lp_*``."""
+    entries = [((target, name), medmerge_run(s, target, seed, **options))
                for target in s["ablation_targets"] for seed in s["seeds"] for name, options in ABLATIONS.items()]
-    table = _collect(entries, executor)
-    lp = [run(config.init, progress=False).test for _, config in entries]
-    return table.assign(lp_acc=[m["acc"] for m in lp], lp_f1=[m["f1"] for m in lp])
-
-
-def summary(table: pd.DataFrame, by: list[str], metrics: Iterable[str] = ("acc", "f1")) -> pd.DataFrame:
-    """``mean ± std (n)`` strings per group, in the table's order."""
-    rows = []
-    for keys, group in table.groupby(by, sort=False):
-        rows.append({**dict(zip(by, keys)), **{m: str(summarise(group.sort_values("seed")[m])) for m in metrics}})
-    return pd.DataFrame(rows)
-
-
-def paired_against(table: pd.DataFrame, by: list[str], reference: dict, metric: str) -> pd.DataFrame:
-    """Per target, the paired difference (over seeds) ``reference - group`` for every other group
-    (positive: the reference group is better), as :meth:`~medsoup.core.stats.PairedDifference.columns`."""
-    rows = []
-    for target, per_target in table.groupby("target", sort=False):
-        ref = per_target
-        for column, value in reference.items():
-            ref = ref[ref[column] == value]
-        ref = ref.sort_values("seed")
-        for keys, group in per_target.groupby(by, sort=False):
-            labels = dict(zip(by, keys if isinstance(keys, tuple) else (keys,)))
-            if all(labels.get(k) == v for k, v in reference.items()):
-                continue
-            d = paired_difference(group.sort_values("seed")[metric].to_numpy(), ref[metric].to_numpy())
-            rows.append({"target": target, **labels, "metric": metric, **d.columns()})
-    return pd.DataFrame(rows)
-
-
-def verdict(paired: pd.DataFrame, reference: str) -> str:
-    """One sentence per row of :func:`paired_against`, true for any outcome."""
-    sentences = []
-    for row in paired.itertuples():
-        other = " ".join(str(getattr(row, c)) for c in ("approach", "source", "ablation") if hasattr(row, c))
-        described = PairedDifference.from_columns(row).describe(reference, other, row.metric.upper())
-        sentences.append(f"{row.target}: {described}.")
-    return " ".join(sentences)
+    return pd.DataFrame([row("MedMerge", name, "reference" if name == DEFAULT_ABLATION else "ablation", target,
+                             config.train.seed, r.test, val_auc=r.val["auc"],
+                             **scalars(run(config.init, progress=False).test, "lp_"))
+                         for (target, name), config, r in _collect(entries, executor)])
 
 
 def learnt_weights(s: dict, target: str, seed: int, **options) -> dict[str, torch.Tensor]:
@@ -273,7 +251,7 @@ def feature_map_rows(s: dict, target: str, seed: int, image: torch.Tensor) -> di
 def w_agrees_with_ft(s: dict, table: pd.DataFrame, layer_means: dict[str, list[float]]) -> dict[str, bool]:
     """Per target: is the source favoured by the mean learnt ``w`` (above 0.5: source b) the one
     whose plain FT reached the higher mean test F1? (The paper's Fig. 2 / Table 1 reading.)"""
-    ft = table[table.approach == "FT"].groupby(["target", "source"]).f1.mean()
+    ft = table[table.approach == "FT"].groupby(["dataset", "source"]).f1.mean()
     out = {}
     for target, means in layer_means.items():
         b, c = s["sources"][target]

@@ -66,13 +66,14 @@ def comparison_bars(table: pd.DataFrame, metric: str = "auc", by: str | Sequence
     fig, ax = figure(width=max(4.2, 1.3 * len(rows)))
     x = np.arange(len(rows))
     colours = sns.color_palette("deep", 2)
-    for offset, arm, colour in ((-0.2, "baseline", colours[0]), (0.2, "inmerge", colours[1])):
-        ax.bar(x + offset, rows[arm], 0.4, yerr=rows[f"{arm}_std"].fillna(0), capsize=3, color=colour,
-               label="InMerge" if arm == "inmerge" else "baseline")
+    for offset, arm, colour in ((-0.2, "reference", colours[0]), (0.2, "method", colours[1])):
+        ax.bar(x + offset, rows[f"{arm}_mean"], 0.4, yerr=rows[f"{arm}_std"].fillna(0), capsize=3, color=colour,
+               label="InMerge" if arm == "method" else "baseline")
     for k, r in rows.iterrows():
-        top = max(r["baseline"] + np.nan_to_num(r["baseline_std"]), r["inmerge"] + np.nan_to_num(r["inmerge_std"]))
-        ax.annotate(f"{r['diff']:+.3f}", (k, top), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
-    low = np.nanmin(rows[["baseline", "inmerge"]].to_numpy() - rows[["baseline_std", "inmerge_std"]].fillna(0).to_numpy())
+        top = max(r["reference_mean"] + np.nan_to_num(r["reference_std"]), r["method_mean"] + np.nan_to_num(r["method_std"]))
+        ax.annotate(f"{r['difference']:+.3f}", (k, top), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
+    low = np.nanmin(rows[["reference_mean", "method_mean"]].to_numpy()
+                    - rows[["reference_std", "method_std"]].fillna(0).to_numpy())
     ax.set_ylim(max(0.0, low - 0.05), None)
     ax.set_xticks(x, ["\n".join(str(r[k]) for k in keys) for _, r in rows.iterrows()])
     ax.set(ylabel=f"test {metric.upper()}", title=f"n = {rows['n'].max()} seeds")
@@ -98,13 +99,13 @@ def ablation_lines(table: pd.DataFrame, x: str, metric: str = "auc", hue: str | 
     colours = sns.color_palette("deep", len(groups) + 1)
     for a, dataset in zip(axes, datasets):
         mine = rows[rows["dataset"] == dataset]
-        base, base_std = mine["baseline"].iloc[0], np.nan_to_num(mine["baseline_std"].iloc[0])
+        base, base_std = mine["reference_mean"].iloc[0], np.nan_to_num(mine["reference_std"].iloc[0])
         a.axhline(base, color="grey", linestyle="--", linewidth=1, label="baseline")
         a.axhspan(base - base_std, base + base_std, color="grey", alpha=0.15)
         for colour, group in zip(colours[1:], groups):
             line = mine if group is None else mine[mine[hue] == group]
             positions = [str(v) for v in line[x]]
-            a.errorbar(positions, line["inmerge"], yerr=line["inmerge_std"].fillna(0), marker="o", capsize=3,
+            a.errorbar(positions, line["method_mean"], yerr=line["method_std"].fillna(0), marker="o", capsize=3,
                        color=colour, label="InMerge" if group is None else f"{hue} = {group}")
         a.set(title=dataset, xlabel=xlabel or x, ylabel=f"test {metric.upper()}")
         if max(len(str(v)) for v in mine[x]) > 4:

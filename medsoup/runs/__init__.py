@@ -2,7 +2,9 @@
 
 - :mod:`medsoup.runs.store`: run configs, the run cache keyed on config and code, ``run``/``run_many``;
 - :mod:`medsoup.runs.provenance`: code version, package versions and machine of a result;
-- :mod:`medsoup.runs.profiles`: the ``smoke``/``cpu``/``paper`` profiles and settings tables.
+- :mod:`medsoup.runs.profiles`: the ``smoke``/``cpu``/``paper`` profiles and settings tables;
+- :mod:`medsoup.runs.results`: the results file every notebook writes (one envelope, long rows),
+  and where: only the reference run writes ``results/<stem>/<profile>.json``.
 
 The run layer reaches algorithms only through the string tables of :mod:`medsoup.runs.store`
 (``CALLBACKS``, ``BUILDERS``), so a run's key names exactly the modules it runs.

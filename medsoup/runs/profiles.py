@@ -7,6 +7,7 @@ Each chapter keeps a table ``{profile: {setting: value}}``; notebooks take flat 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -57,7 +58,10 @@ def check_kind(name: str, value: Any, example: Any) -> None:
 def settings(table: dict[str, dict[str, Any]], profile: str, **overrides) -> dict[str, Any]:
     """The profile's settings from ``table`` with every non-None override applied.
 
-    An override the table does not know raises an error listing the known settings.
+    An override the table does not know raises an error listing the known settings. The result
+    also holds ``profile`` and ``overrides``: the settings that differ from the profile's row (a
+    list and a tuple of the same values do not differ), so :func:`medsoup.runs.results.write_results`
+    can tell a reference run from a run with changed parameters.
     """
     base = dict(table[resolve_profile(profile)])
     unknown = sorted(set(overrides) - set(base))
@@ -66,6 +70,12 @@ def settings(table: dict[str, dict[str, Any]], profile: str, **overrides) -> dic
     for name, value in overrides.items():
         if value is not None:
             check_kind(name, value, base[name])
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    changed = {k: v for k, v in overrides.items() if v is not None and _canonical(v) != _canonical(base[k])}
+    base.update(changed)
     base["profile"] = resolve_profile(profile)
+    base["overrides"] = changed
     return base
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
