@@ -47,6 +47,10 @@ EXECUTED_DIR = "book/executed"
 STAMP_SUFFIX = ".stamp"
 TIMINGS_DIR = "timings"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+#: papermill's tag on the cell it injects with the execution's parameters, and the Jupyter Book
+#: tag that folds that cell in the page (collapsed, one click shows the values used).
+INJECTED_TAG = "injected-parameters"
+FOLD_TAG = "hide-cell"
 
 
 class NotebookExecutionError(RuntimeError):
@@ -160,6 +164,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
         print(f"{tag}: executing ...", flush=True)
         start = time.perf_counter()
         run_papermill(source, target, params, kernel_name, root, log_output)
+        fold_injected_parameters(target)
         stamp_file.write_text(stamp + "\n")
         record_timing(root, profile, source.stem, time.perf_counter() - start)
         print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "
@@ -199,6 +204,20 @@ def run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_
             os.environ.pop("MPLBACKEND", None)
         else:
             os.environ["MPLBACKEND"] = saved_backend
+
+
+def fold_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell of an executed notebook with :data:`FOLD_TAG`, so
+    the page shows it folded instead of at full height in the reading flow (the source notebooks
+    tag their own tooling cells; this one cell exists only after execution)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if INJECTED_TAG in tags and FOLD_TAG not in tags:
+            tags.append(FOLD_TAG)
+    nbformat.write(nb, path)
 
 
 def _toc_files(node: Any) -> Iterable[str]:
