@@ -20,7 +20,8 @@
    (failed resource, uncaught script error) beyond the toolchain's known harmless ones
    (:data:`KNOWN_CONSOLE`).
 3. Screenshots: :data:`SCREENSHOT_PAGES` at a phone and a desktop width (:data:`SCREEN_SIZES`),
-   the top :data:`SCREENSHOT_HEIGHT` pixels of each page, go to ``<html_dir>/_screenshots/``.
+   go to ``<html_dir>/_screenshots/``: ``<page>-<size>.png`` is the first screen a reader sees,
+   ``<page>-<size>-long.png`` the top :data:`SCREENSHOT_HEIGHT` pixels (the viewport made that tall).
 
 Exit status: 0 all good, 1 problems found (each printed), 3 the browser is not available (nothing
 is checked in the browser; ``--static-only`` runs the link check alone and exits 0/1).
@@ -257,7 +258,8 @@ def math_problems(name: str, math: dict) -> list[str]:
 
 
 def save_screenshots(driver, base: str, html_dir: Path, pages=SCREENSHOT_PAGES) -> list[Path]:
-    """The top of each page at each of :data:`SCREEN_SIZES`, as PNGs in ``<html_dir>/_screenshots``."""
+    """The first screen and the top :data:`SCREENSHOT_HEIGHT` pixels of each page at each of
+    :data:`SCREEN_SIZES`, as PNGs in ``<html_dir>/_screenshots``."""
     out = html_dir / SCREENSHOT_DIR
     out.mkdir(exist_ok=True)
     saved = []
@@ -270,12 +272,13 @@ def save_screenshots(driver, base: str, html_dir: Path, pages=SCREENSHOT_PAGES) 
             driver.get(base + page)
             driver.execute_async_script(_MATH_JS)  # typeset before the picture
             full = driver.execute_script("return document.documentElement.scrollHeight")
-            shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-                "format": "png", "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": width, "height": min(full, SCREENSHOT_HEIGHT), "scale": 1}})
-            path = out / f"{Path(page).stem}-{label}.png"
-            path.write_bytes(base64.b64decode(shot["data"]))
-            saved.append(path)
+            for suffix, tall in (("", height), ("-long", min(full, SCREENSHOT_HEIGHT))):
+                driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                    "width": width, "height": tall, "deviceScaleFactor": 1, "mobile": label == "phone"})
+                shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+                path = out / f"{Path(page).stem}-{label}{suffix}.png"
+                path.write_bytes(base64.b64decode(shot["data"]))
+                saved.append(path)
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     return saved
 
