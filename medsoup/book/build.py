@@ -147,6 +147,8 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     out.mkdir(parents=True, exist_ok=True)
     # Relative data paths must not depend on where the kernel starts.
     os.environ.setdefault("MEDSOUP_DATA", str(root / "data"))
+    # No progress bars in executed notebooks: they would be kept as outputs in the book's pages.
+    os.environ["MEDSOUP_PROGRESS"] = "0"
 
     print(f"[book] {len(sources)} notebook(s), parameters {params}, output {out}", flush=True)
     executed = []
@@ -214,7 +216,7 @@ def fold_injected_parameters(path: Path) -> None:
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
-        tags = cell.metadata.setdefault("tags", [])
+        tags = cell.metadata.get("tags", [])
         if INJECTED_TAG in tags and FOLD_TAG not in tags:
             tags.append(FOLD_TAG)
     nbformat.write(nb, path)

@@ -5,9 +5,11 @@ kernel without ``ipywidgets``, and plain tqdm there writes every redraw of the b
 which an executed notebook keeps as output: both end up in the book's pages. So:
 
 - in a terminal (no Jupyter kernel): tqdm's text bar on stderr;
-- in a Jupyter kernel with ``ipywidgets``: tqdm's widget bar;
-- in a Jupyter kernel without ``ipywidgets`` (the book's executions: the ``book`` extra does not
-  install it): no bar.
+- in a Jupyter kernel with ``ipywidgets`` (the ``book`` extra installs it, so that ``tqdm.auto``,
+  imported by dependencies such as ``huggingface_hub``, does not warn): tqdm's widget bar;
+- in a Jupyter kernel without ``ipywidgets``: no bar;
+- with ``MEDSOUP_PROGRESS=0`` in the environment: no bar (``python -m medsoup.book execute``
+  sets it for the notebooks it executes: a page of the book is no place for a progress bar).
 
 ``write`` prints a line without breaking a bar in progress (``tqdm.write``).
 """
@@ -15,6 +17,7 @@ which an executed notebook keeps as output: both end up in the book's pages. So:
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +29,8 @@ write = _text_bar.write
 
 def _bar_class() -> type | None:
     """The tqdm class for this process, or None when no bar should be drawn."""
+    if os.environ.get("MEDSOUP_PROGRESS") == "0":
+        return None
     if "ipykernel" not in sys.modules:
         return _text_bar
     if importlib.util.find_spec("ipywidgets") is None:
