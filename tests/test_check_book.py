@@ -41,14 +41,17 @@ def _output(data: dict, glued: str | None = None) -> dict:
     return {"output_type": "display_data", "data": data, "metadata": {}}
 
 
+def _png(content: str) -> dict:
+    return {"image/png": base64.b64encode(content.encode()).decode(), "text/plain": "<Figure size 640x480 with 1 Axes>"}
+
+
 def _notebook_page(root: Path, images_in_page: int, stderr: bool = False, figure_as_text: bool = False) -> Path:
     """A page ``ch.html`` and its notebook in ``_sources``: one inline image, one glued image shown twice
     ({glue:figure} and {glue}), one glued image never referenced: 3 images to show."""
-    png = {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure size 640x480 with 1 Axes>"}
-    outputs = [_output(png), _output(png, glued="fig_a"), _output(png, glued="fig_unused")]
+    outputs = [[_output(_png("inline"))], [_output(_png("a"), glued="fig_a")], [_output(_png("unused"), glued="fig_unused")]]
     if figure_as_text:
-        outputs.append(_output({"text/plain": "<Figure size 640x480 with 1 Axes>"}))
-    cells = [{"cell_type": "code", "source": "x", "metadata": {}, "outputs": outputs},
+        outputs[0].append(_output({"text/plain": "<Figure size 640x480 with 1 Axes>"}))
+    cells = [*({"cell_type": "code", "source": "x", "metadata": {}, "outputs": o} for o in outputs),
              {"cell_type": "markdown", "metadata": {},
               "source": "```{glue:figure} fig_a\n:name: a\n\ncaption\n```\n\nagain: {glue}`fig_a`"}]
     (root / "_sources").mkdir(parents=True)
@@ -80,6 +83,22 @@ def test_expected_images_counts_inline_images_and_each_glue_reference(tmp_path):
     count, problems = check_book.expected_images(root / "_sources" / "ch.ipynb")
     assert count == 3
     assert problems == ["ch.ipynb: cell 0 holds a figure as text (<Figure size 640x480 with 1 Axes>), not an image"]
+
+
+def test_expected_images_finds_a_glued_figure_shown_again_inline(tmp_path):
+    root = _notebook_page(tmp_path, images_in_page=3)
+    path = root / "_sources" / "ch.ipynb"
+    nb = json.loads(path.read_text())
+    nb["cells"][1]["outputs"].append(_output(_png("a")))  # fig_a left open: shown again inline
+    rendered_again = {**_png("a, other pixels"), "text/plain": "<Figure size 100x100 with 2 Axes>"}
+    nb["cells"].append({"cell_type": "code", "source": "y", "metadata": {}, "outputs": [
+        _output({**_png("b"), "text/plain": "<Figure size 100x100 with 2 Axes>"}, glued="fig_b"),
+        _output(rendered_again)]})
+    path.write_text(json.dumps(nb))
+    count, problems = check_book.expected_images(path)
+    assert count == 5
+    assert problems == [f"ch.ipynb: cell {i} shows the glued figure {name!r} a second time, inline (close the "
+                        f"figure after glueing it)" for i, name in ((1, "fig_a"), (4, "fig_b"))]
 
 
 def test_page_check_finds_stderr_outputs_and_missing_figures(tmp_path):

@@ -10,7 +10,8 @@
    warnings, progress bars, tracebacks), and a page built from a notebook (its copy in
    ``_sources/``) must hold at least as many ``<img>`` as the notebook has images to show: each
    image output that is not glued, plus each ``{glue}`` reference to a glued image. A figure
-   stored as text (``<Figure size ...>`` without a PNG) is a problem too.
+   stored as text (``<Figure size ...>`` without a PNG) and a glued figure shown again as an
+   inline output (left open after ``glue``) are problems too.
 2. Browser: the book is served on a localhost ``http.server`` and every page is opened in Debian's
    headless Chromium through ``selenium`` and ``/usr/bin/chromedriver``, with every host name but
    localhost unresolvable (no network). A page passes when it finishes loading with a title, every
@@ -114,8 +115,9 @@ def _parse(path: Path) -> Page:
 
 def expected_images(notebook: Path) -> tuple[int, list[str]]:
     """How many images the page of an executed notebook must show, and the notebook's own problems
-    (figures stored as text). Not glued image outputs show where they are; a glued one shows once
-    per ``{glue}`` reference to its name in the markdown cells."""
+    (a figure stored as text; a glued figure also shown inline, the same picture twice in the page).
+    Not glued image outputs show where they are; a glued one shows once per ``{glue}`` reference to
+    its name in the markdown cells."""
     nb = json.loads(notebook.read_text(encoding="utf-8"))
     cells = nb.get("cells", [])
     refs: dict[str, int] = defaultdict(int)
@@ -123,18 +125,30 @@ def expected_images(notebook: Path) -> tuple[int, list[str]]:
         if cell.get("cell_type") == "markdown":
             for match in _GLUE_REF.finditer("".join(cell.get("source", ""))):
                 refs[match.group(1) or match.group(2)] += 1
-    count, problems = 0, []
+    count, problems, glued_images, inline_images = 0, [], {}, []
     for i, cell in enumerate(cells):
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             glued = output.get("metadata", {}).get("scrapbook", {}).get("name")
             prefix = output.get("metadata", {}).get("scrapbook", {}).get("mime_prefix", "") if glued else ""
             text = "".join(data.get(prefix + "text/plain", "")).strip()
-            if not any(key.startswith(prefix + "image/") for key in data):
+            images = ["".join(v) for key, v in sorted(data.items()) if key.startswith(prefix + "image/")]
+            if not images:
                 if _FIGURE_AS_TEXT.match(text):
                     problems.append(f"{notebook.name}: cell {i} holds a figure as text ({text}), not an image")
                 continue
             count += refs.get(glued, 0) if glued else 1
+            # the same figure: the same picture, or the same repr ("<Figure size ... with n Axes>") in the same cell
+            keys = (images[0], (i, text))
+            if glued:
+                glued_images.update(dict.fromkeys(keys, glued))
+            else:
+                inline_images.append((i, keys))
+    for i, keys in inline_images:
+        name = next((glued_images[key] for key in keys if key in glued_images), None)
+        if name:
+            problems.append(f"{notebook.name}: cell {i} shows the glued figure {name!r} a second time, inline "
+                            f"(close the figure after glueing it)")
     return count, problems
 
 
