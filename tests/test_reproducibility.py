@@ -18,6 +18,14 @@ def test_profile_tables_have_one_column_per_profile():
         assert list(table.columns) == ["smoke", "cpu", "paper"] and len(table) > 3
 
 
+def test_settings_table_has_one_short_row_per_setting():
+    table = rep.settings_table({"datasets": ("breastmnist", "retinamnist"), "epochs": 2,
+                                "sources": {"breastmnist": ("a", "b")}, "lrs": tuple(range(40))})
+    assert list(table.index) == ["datasets", "epochs", "sources", "lrs"]
+    assert list(table["value"][:3]) == ["breastmnist, retinamnist", "2", "breastmnist: a, b"]
+    assert len(table.loc["lrs", "value"]) == 60 and table.loc["lrs", "value"].endswith("...")
+
+
 def test_timings_come_from_what_the_book_runner_recorded(tmp_path):
     assert rep.timings("cpu", tmp_path / "results").empty and rep.reference_machine("cpu", tmp_path / "results") is None
     record_timing(tmp_path, "cpu", "00_quickstart", 90.0)

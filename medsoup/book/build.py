@@ -54,6 +54,10 @@ EXECUTED_DIR = "book/executed"
 STAMP_SUFFIX = ".stamp"
 TIMINGS_DIR = "timings"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+#: papermill's tag on the cell it injects with the execution's parameters, and the Jupyter Book
+#: tag that folds that cell in the page (collapsed, one click shows the values used).
+INJECTED_TAG = "injected-parameters"
+FOLD_TAG = "hide-cell"
 
 
 class NotebookExecutionError(RuntimeError):
@@ -178,6 +182,8 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     out.mkdir(parents=True, exist_ok=True)
     # Relative data paths must not depend on where the kernel starts.
     os.environ.setdefault("MEDSOUP_DATA", str(root / "data"))
+    # No progress bars in executed notebooks: they would be kept as outputs in the book's pages.
+    os.environ["MEDSOUP_PROGRESS"] = "0"
 
     print(f"[book] {len(sources)} notebook(s), parameters {params}, output {out}", flush=True)
     executed = []
@@ -204,6 +210,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
                 os.environ.pop(REFERENCE_ENV, None)
             else:
                 os.environ[REFERENCE_ENV] = saved_flag
+        fold_injected_parameters(target)
         stamp_file.write_text(stamp + "\n")
         record_timing(root, profile, source.stem, time.perf_counter() - start)
         print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "
@@ -243,6 +250,20 @@ def run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_
             os.environ.pop("MPLBACKEND", None)
         else:
             os.environ["MPLBACKEND"] = saved_backend
+
+
+def fold_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell of an executed notebook with :data:`FOLD_TAG`, so
+    the page shows it folded instead of at full height in the reading flow (the source notebooks
+    tag their own tooling cells; this one cell exists only after execution)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if INJECTED_TAG in tags and FOLD_TAG not in tags:
+            tags.append(FOLD_TAG)
+    nbformat.write(nb, path)
 
 
 def _toc_files(node: Any) -> Iterable[str]:

@@ -1,5 +1,6 @@
 """What the reproducibility page shows: versions (installed and pinned), every chapter's profile
-table, and the recorded wall times and machine of a profile's run."""
+table, and the recorded wall times and machine of a profile's run; and the short settings table
+each chapter shows at its top."""
 
 from __future__ import annotations
 
@@ -60,6 +61,18 @@ def profile_table(name: str) -> pd.DataFrame:
     settings = list(dict.fromkeys(k for profile in table.values() for k in profile))
     return pd.DataFrame({profile: [_short(values.get(k, "")) for k in settings] for profile, values in table.items()},
                         index=pd.Index(settings, name="setting"))
+
+
+def settings_table(settings: dict) -> pd.DataFrame:
+    """The settings one chapter runs with, one row each, values abbreviated as in
+    :func:`profile_table` (a dict of settings, e.g. sources per target, as ``key: value; ...``)."""
+    def cell(value) -> str:
+        if isinstance(value, dict):
+            return "; ".join(f"{k}: {_short(v)}" for k, v in value.items())
+        return _short(value)
+
+    return pd.DataFrame({"value": [cell(v) for v in settings.values()]},
+                        index=pd.Index(list(settings), name="setting"))
 
 
 def _timings_record(profile: str, root: str | Path) -> dict:

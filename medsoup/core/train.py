@@ -23,12 +23,12 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from medsoup.core import checkpoint as ckpt
 from medsoup.core.augment import AUGMENT_LEVELS
 from medsoup.core.data import MedData
 from medsoup.core.metrics import METRICS, compute_metrics
+from medsoup.core.progress import progress as progress_bar, write
 from medsoup.core.schedules import SCHEDULES, make_schedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -369,8 +369,8 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
             loss_sum = torch.zeros((), device=device)
             batches = data.batches("train", config.batch_size, shuffle=True, augment=config.augment,
                                    in_chans=in_chans, generator=generator)
-            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False)
+            bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                               enabled=progress, leave=False)
             for i, (images, targets) in enumerate(bar):
                 step = epoch * steps_per_epoch + i
                 lr = lr_at(step)
@@ -408,8 +408,8 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
             record["time"] = time.perf_counter() - started
             result.history.append(record)
             if progress:
-                tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
-                           f"val acc {val['acc']:.4f}, val auc {val['auc']:.4f}")
+                write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
+                      f"val acc {val['acc']:.4f}, val auc {val['auc']:.4f}")
             if checkpoint is not None:
                 _save_state(checkpoint, model, best_state, optimizer, generator, callbacks,
                             {"epochs_done": epoch + 1, "wall_time": record["time"], "history": result.history,

@@ -31,12 +31,12 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from medsoup.core import checkpoint as ckpt
 from medsoup.core.data import MedData, check_dataset, check_train_subset, load_dataset
 from medsoup.core.paths import project_folder
 from medsoup.core.models import check_model_name, create_model
+from medsoup.core.progress import progress as progress_bar
 from medsoup.runs.provenance import code_version, machine, package_versions
 from medsoup.core.train import Callback, TrainConfig, checked_fields, fit, resolve_device
 
@@ -268,9 +268,9 @@ def run_many(configs: Sequence[RunConfig], executor=None, cache: str | os.PathLi
     global random generator, so only one thread at a time gives reproducible numbers.
     """
     if executor is None:
-        return [run(c, cache, progress=False) for c in tqdm(configs, desc="runs", disable=not progress)]
+        return [run(c, cache, progress=False) for c in progress_bar(configs, desc="runs", enabled=progress)]
     futures = [executor.submit(run, c, str(cache_root(cache).resolve()), False) for c in configs]
-    return [f.result() for f in tqdm(futures, desc="runs", disable=not progress)]
+    return [f.result() for f in progress_bar(futures, desc="runs", enabled=progress)]
 
 
 def clear_run(config: RunConfig, cache: str | os.PathLike | None = None) -> None:
