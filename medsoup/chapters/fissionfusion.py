@@ -18,6 +18,7 @@ import torch
 from medsoup.core.bn import evaluate_state, train_images
 from medsoup.core.corruptions import corrupted
 from medsoup.core.data import MedData
+from medsoup.core.progress import progress
 from medsoup.core.stats import paired_difference, summarise
 from medsoup.core.train import TrainConfig
 from medsoup.merging.fgg import fgg_epochs
@@ -214,7 +215,9 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
         return soup_result(states[max(range(len(states)), key=lambda i: scores[i])], evaluations, 1)
 
     out: dict[str, MethodResult] = {}
-    for name in methods:
+    bar = progress(methods, desc=f"soups ({'BN recalibrated' if recalibrate else 'stored BN'})")
+    for name in bar:
+        bar.set_postfix_str(name)
         if name == "GS(best)":
             out[name] = single(grid_states, grid_scores, grid_evaluations)
         elif name == "FGG(best)":
@@ -249,10 +252,14 @@ def ood_metrics(model, results: dict[str, MethodResult], data: MedData, corrupti
     as in :func:`soup_methods`."""
     bn = train_images(data, model) if recalibrate else False
     out: dict[str, dict[str, dict]] = {name: {} for name in results}
+    bar = progress(desc="OOD evaluation", total=len(corruptions) * len(results))
     for corruption in corruptions:
         shifted = corrupted(data, corruption, severity)
         for name, result in results.items():
+            bar.set_postfix_str(f"{corruption}: {name}")
             out[name][corruption] = evaluate_state(model, result.state, shifted, "test", bn)
+            bar.update()
+    bar.close()
     return out
 
 
