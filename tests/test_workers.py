@@ -132,3 +132,9 @@ def test_unknown_lock_kind_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv(runs.LOCK_ENV, "nfs")
     with pytest.raises(ValueError, match=r"MEDSOUP_RUN_LOCK='nfs' is not a lock kind; valid: local, network"):
         runs.run_lock(tmp_path)
+
+
+def test_shared_inits_are_listed_once_deepest_first():
+    deeper = INIT.replace(init=INIT.with_train(seed=200))
+    assert runs.shared_inits(GRID) == [INIT]
+    assert runs.shared_inits([*GRID, KILLED.replace(init=deeper)]) == [INIT, INIT.with_train(seed=200), deeper]

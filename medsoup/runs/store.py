@@ -241,7 +241,8 @@ def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: boo
         return _train(config, key, folder, cache, progress)
 
 
-def _train(config: RunConfig, key: str, folder: Path, cache, progress: bool) -> RunResult:
+def _train(config: RunConfig, key: str, folder: Path, cache: str | os.PathLike | None,
+           progress: bool) -> RunResult:
     with open(folder / "trainings.jsonl", "a") as log:
         log.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                               "resumed": ckpt.exists(folder / "resume")}) + "\n")
@@ -270,6 +271,19 @@ def _train(config: RunConfig, key: str, folder: Path, cache, progress: bool) -> 
     return RunResult.load(folder)
 
 
+def shared_inits(configs: Sequence[RunConfig]) -> list[RunConfig]:
+    """The runs ``configs`` start from (their ``init`` RunConfigs, and theirs), each once, deepest first."""
+    found: dict[str, RunConfig] = {}
+    for config in configs:
+        chain = []
+        while isinstance(config.init, RunConfig):
+            config = config.init
+            chain.append(config)
+        for init in reversed(chain):
+            found.setdefault(run_key(init), init)
+    return list(found.values())
+
+
 def run_many(configs: Sequence[RunConfig], executor=None, cache: str | os.PathLike | None = None,
              progress: bool = True) -> list[RunResult]:
     """Results of ``configs`` in order: sequential by default, else through ``executor.submit``.
@@ -279,22 +293,18 @@ def run_many(configs: Sequence[RunConfig], executor=None, cache: str | os.PathLi
     Runs in threads of one process (``ThreadPoolExecutor``, dask ``processes=False``) share torch's
     global random generator, so only one thread at a time gives reproducible numbers.
     """
-    bar = progress_bar(desc="runs", total=len(configs), enabled=progress)
-    if executor is None:
-        results = []
-        for config in configs:
+    # Through an executor, shared inits go first, so that workers train them side by side rather than
+    # all waiting for the one that trains the first.
+    todo = list(configs) if executor is None else [*shared_inits(configs), *configs]
+    if executor is not None:
+        futures = [executor.submit(run, c, str(cache_root(cache).resolve()), False) for c in todo]
+    results = []
+    with progress_bar(desc="runs", total=len(todo), enabled=progress) as bar:
+        for i, config in enumerate(todo):  # the bar names the run waited for
             bar.set_postfix_str(f"{config.dataset} {config.model} seed {config.train.seed}")
-            results.append(run(config, cache, progress=False))
+            results.append(run(config, cache, progress=False) if executor is None else futures[i].result())
             bar.update()
-    else:
-        futures = [executor.submit(run, c, str(cache_root(cache).resolve()), False) for c in configs]
-        results = []
-        for future in futures:
-            results.append(future.result())
-            bar.set_postfix_str(f"done {results[-1].key}")
-            bar.update()
-    bar.close()
-    return results
+    return results[len(todo) - len(configs):]
 
 
 def clear_run(config: RunConfig, cache: str | os.PathLike | None = None) -> None:
