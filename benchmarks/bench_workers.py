@@ -3,8 +3,9 @@
 The grid: ``--inits`` init runs (smallcnn on BreastMNIST 28 px from ``$MEDSOUP_DATA``), each the
 ``init`` of ``--per-init`` runs (seeds x learning rates), all ``--subset`` training images x
 ``--epochs`` epochs. ``medsoup.runs.store.run_many`` runs it once in this process and once through a
-``ProcessPoolExecutor`` of 2 spawned workers, each against a fresh cache; the pool's time includes
-starting its workers. Trainings are counted from each store (``trainings.jsonl``, one line per
+``ProcessPoolExecutor`` of 2 workers (the platform's default start method, as
+``python -m medsoup.book.batch --workers 2``), each against a fresh cache; the pool's time includes
+starting its workers, also reported alone. Trainings are counted from each store (``trainings.jsonl``, one line per
 training started), so a shared init trained twice would show; every result is checked equal to the
 serial one. Reported: wall times, serial / parallel (the speed-up; at most 2 on 2 idle cores), and
 the trainings each took. Through a pool, ``run_many`` submits the shared inits first, so at best
@@ -16,7 +17,6 @@ the trainings each took. Through a pool, ``run_many`` submits the shared inits f
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import tempfile
 import time
@@ -74,7 +74,7 @@ def main() -> None:
         serial = run_many(configs, cache=serial_cache, progress=False)
         serial_s = time.perf_counter() - start
         start = time.perf_counter()
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(2) as pool:  # the platform's default start (fork on Linux), as batch --workers
             assert len(set(pool.map(started, [1.0, 1.0]))) == 2
             started_s = time.perf_counter() - start
             parallel = run_many(configs, pool, cache=pool_cache, progress=False)

@@ -69,16 +69,16 @@ def check_once_and_equal(results, cache: Path, serial: dict) -> None:
     assert [numbers(r) for r in results] == [serial[r.key] for r in results]
 
 
-@pytest.mark.parametrize("lock", ["local", pytest.param("network", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("lock", ["local", "network"])
 def test_process_pool_trains_every_run_once(serial, tmp_path, monkeypatch, lock):
     monkeypatch.setenv(runs.LOCK_ENV, lock)
     cache = tmp_path / "shared"
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
         results = runs.run_many(GRID, pool, cache=cache, progress=False)
     check_once_and_equal(results, cache, serial)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # about 40-60 s on a shared 2-core machine, most of it starting the cluster
 def test_dask_cluster_trains_every_run_once(serial, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     cache = tmp_path / "shared"
@@ -88,8 +88,7 @@ def test_dask_cluster_trains_every_run_once(serial, tmp_path):
     check_once_and_equal(results, cache, serial)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("lock", ["local", "network"])
+@pytest.mark.parametrize("lock", ["local", pytest.param("network", marks=pytest.mark.slow)])
 def test_a_killed_worker_leaves_a_store_the_grid_completes_from(serial, tmp_path, monkeypatch, lock):
     monkeypatch.setenv(runs.LOCK_ENV, lock)
     cache = tmp_path / "shared"
@@ -103,7 +102,7 @@ def test_a_killed_worker_leaves_a_store_the_grid_completes_from(serial, tmp_path
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     assert (folder / "resume.json").exists() and not (folder / "result.json").exists(), "not killed mid-training"
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
         results = runs.run_many([*GRID, KILLED], pool, cache=cache, progress=False)
     reference = {**serial, runs.run_key(KILLED): numbers(runs.run(KILLED, tmp_path / "serial", progress=False))}
     assert [numbers(r) for r in results] == [reference[r.key] for r in results]
