@@ -78,7 +78,6 @@ def test_process_pool_trains_every_run_once(serial, tmp_path, monkeypatch, lock)
     check_once_and_equal(results, cache, serial)
 
 
-@pytest.mark.slow  # about 40-60 s on a shared 2-core machine, most of it starting the cluster
 def test_dask_cluster_trains_every_run_once(serial, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     cache = tmp_path / "shared"
