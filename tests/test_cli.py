@@ -104,3 +104,11 @@ def test_module_runs_from_the_command_line(store):
     done = subprocess.run([sys.executable, "-m", "medsoup.runs", "--cache", str(store), "list", "state=finished"],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[1].split()[0] == keys()[0]
+
+
+def test_diff_shows_an_init_on_one_side_as_one_row(tmp_path):
+    for name, config in (("a", FINISHED), ("b", FINISHED.replace(init=STOPPED))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config.to_dict(), default=str))
+    assert [line.split() for line in cli.diff(tmp_path / "a", tmp_path / "b").splitlines()[1:]] == [
+        ["init", "None", "(config)"]]

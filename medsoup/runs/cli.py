@@ -26,10 +26,11 @@ from medsoup.runs.store import cache_root, run_lock
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"seed": 0}}`` -> ``{"train.seed": 0}``; lists and tuples as JSON text."""
+    """``{"train": {"seed": 0}}`` -> ``{"train": "(config)", "train.seed": 0}``; lists and tuples as JSON text."""
     flat = {}
     for name, value in config.items():
         if isinstance(value, dict) and value and name != "builder_params":
+            flat[f"{prefix}{name}"] = "(config)"
             flat.update(flatten(value, f"{prefix}{name}."))
         else:
             flat[f"{prefix}{name}"] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
@@ -127,6 +128,8 @@ def diff(a: Path, b: Path) -> str:
     left, right = flatten(describe(a)["config"]), flatten(describe(b)["config"])
     names = sorted(set(left) | set(right))
     changed = [(n, left.get(n, "(absent)"), right.get(n, "(absent)")) for n in names if left.get(n) != right.get(n)]
+    parents = {n for n, x, y in changed if "(config)" in (x, y)}  # a config on one side only: its fields once
+    changed = [(n, x, y) for n, x, y in changed if not any(n.startswith(f"{p}.") for p in parents)]
     if not changed:
         return f"{a.name} and {b.name} have the same config"
     width = max(len(n) for n, _, _ in changed)
