@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from medsoup.chapters import comparison as cmp, fissionfusion as ff, inmerge, tables
+from medsoup.chapters import comparison as cmp
+from medsoup.chapters import fissionfusion as ff
+from medsoup.chapters import inmerge, tables
 from medsoup.chapters.medmerge import method_name
 
 

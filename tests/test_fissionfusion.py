@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medsoup.chapters import fissionfusion as ff, tables
+from medsoup.chapters import fissionfusion as ff
+from medsoup.chapters import tables
 from medsoup.chapters.fissionfusion import FISSIONFUSION
 from medsoup.core.data import load_dataset
 from medsoup.core.models import create_model

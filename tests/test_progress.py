@@ -1,25 +1,56 @@
-"""medsoup.core.progress draws a bar only where it can be drawn without noise."""
+"""medsoup.core.progress: a bar, with the point being evaluated, only where someone watches it;
+nothing in CI logs, no warning or redraws in the book's pages."""
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import sys
 import types
 
 import pytest
+import torch
 from tqdm.std import tqdm as text_bar
 
 from medsoup.core import progress as progress_module
+from medsoup.core.models import create_model
 from medsoup.core.progress import progress
+from medsoup.merging.landscape import lmc_curve
+from tests.conftest import tiny
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
 
 
 @pytest.fixture(autouse=True)
 def no_setting(monkeypatch):
     monkeypatch.delenv("MEDSOUP_PROGRESS", raising=False)
-
-
-def test_a_terminal_gets_a_text_bar_that_iterates(monkeypatch):
     monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+
+
+def _lmc(points=3):
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        states.append(create_model("smallcnn", 2, in_chans=1).state_dict())
+    return lmc_curve(create_model("smallcnn", 2, in_chans=1), *states, tiny("breastmnist"), points=points)
+
+
+def test_nothing_is_printed_without_a_terminal(capsys):
+    assert not progress_module.watched()
+    _lmc()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_terminal_sees_the_bar_with_its_point_and_eta(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert progress_module.watched()
+    _lmc()
+    shown = terminal.getvalue()
+    assert "LMC curve" in shown and "3/3" in shown and "c = +1.00, +0.00" in shown and "<" in shown  # elapsed<left
     bar = progress(range(3), desc="x")
     assert type(bar) is text_bar and not bar.disable
     assert list(bar) == [0, 1, 2]

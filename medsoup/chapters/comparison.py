@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medsoup.chapters.inmerge import BASELINE as INMERGE_BASELINE, paper_setting
+from medsoup.chapters.inmerge import BASELINE as INMERGE_BASELINE
+from medsoup.chapters.inmerge import paper_setting
 from medsoup.core.metrics import METRICS
 from medsoup.runs.results import ROW_KEYS, load_results
 

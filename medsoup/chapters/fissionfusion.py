@@ -21,6 +21,7 @@ from medsoup.chapters.tables import row, scalars
 from medsoup.core.bn import evaluate_state, train_images
 from medsoup.core.corruptions import corrupted
 from medsoup.core.data import MedData
+from medsoup.core.progress import progress
 from medsoup.core.train import TrainConfig
 from medsoup.merging.fgg import fgg_epochs
 from medsoup.merging.soups import ScoreFn, greedy_soup, hierarchical_soup, state_scorer, uniform_soup
@@ -312,7 +313,9 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
                                 [[grid_scores[i] for i in g] for g in by_lr], scoring=grid_evaluations),
              "fgg groups": Pool(groups, group_scores, upfront=snapshot_evaluations)}
     out: dict[str, MethodResult] = {}
-    for name in methods:
+    bar = progress(methods, desc=f"soups ({'BN recalibrated' if recalibrate else 'stored BN'})")
+    for name in bar:
+        bar.set_postfix_str(name)
         pool, soup = SOUPS[name]
         state, evaluations, ingredients = soup(pools[pool], score)
         val = evaluate_state(model, state, data, "val", bn)
@@ -327,10 +330,14 @@ def ood_metrics(model, results: dict[str, MethodResult], data: MedData, corrupti
     as in :func:`soup_methods`."""
     bn = train_images(data, model) if recalibrate else False
     out: dict[str, dict[str, dict]] = {name: {} for name in results}
+    bar = progress(desc="OOD evaluation", total=len(corruptions) * len(results))
     for corruption in corruptions:
         shifted = corrupted(data, corruption, severity)
         for name, result in results.items():
+            bar.set_postfix_str(f"{corruption}: {name}")
             out[name][corruption] = evaluate_state(model, result.state, shifted, "test", bn)
+            bar.update()
+    bar.close()
     return out
 
 

@@ -28,7 +28,8 @@ from medsoup.core import checkpoint as ckpt
 from medsoup.core.augment import AUGMENT_LEVELS
 from medsoup.core.data import MedData
 from medsoup.core.metrics import METRICS, compute_metrics
-from medsoup.core.progress import progress as progress_bar, write
+from medsoup.core.progress import progress as progress_bar
+from medsoup.core.progress import write
 from medsoup.core.schedules import SCHEDULES, make_schedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -19,6 +19,7 @@ from torch import nn
 
 from medsoup.core.bn import recalibrate_bn, train_images
 from medsoup.core.data import MedData
+from medsoup.core.progress import progress
 from medsoup.core.train import evaluate
 from medsoup.merging.statedict import StateDict, check_compatible, is_float
 
@@ -59,15 +60,18 @@ class StateMixer:
 
 def evaluate_combinations(model: nn.Module, states: Sequence[StateDict], coefficients: Sequence[Sequence[float]],
                           data: MedData, split: str = "val", recalibrate: bool = False,
-                          bn_images: int | None = None) -> list[dict]:
+                          bn_images: int | None = None, desc: str = "points") -> list[dict]:
     """Metrics on ``split`` of each combination ``sum_k c_k * states[k]`` (one row of
     ``coefficients`` each). ``recalibrate``: recompute BatchNorm statistics at every point (on at
-    most ``bn_images`` training images) instead of combining the stored ones."""
+    most ``bn_images`` training images) instead of combining the stored ones. A progress bar
+    named ``desc`` shows the point being evaluated."""
     keys = [k for k, _ in model.named_parameters()] if recalibrate else None
     mixer = StateMixer(model, states, keys)
     batches = train_images(data, model, max_images=bn_images) if recalibrate else None
     results = []
-    for row in coefficients:
+    bar = progress(coefficients, desc=desc)
+    for row in bar:
+        bar.set_postfix_str("c = " + ", ".join(f"{c:+.2f}" for c in row))
         mixer.load(row)
         if recalibrate:
             recalibrate_bn(model, batches)
@@ -94,7 +98,7 @@ def lmc_curve(model: nn.Module, state_a: StateDict, state_b: StateDict, data: Me
     [0, 1] of theta(lambda) = lambda * theta_A + (1 - lambda) * theta_B (lambda = 1 is A)."""
     lambdas = np.linspace(0.0, 1.0, points).tolist()
     metrics = evaluate_combinations(model, [state_a, state_b], [(lam, 1 - lam) for lam in lambdas], data, split,
-                                    recalibrate, bn_images)
+                                    recalibrate, bn_images, desc="LMC curve")
     return LMCCurve(lambdas, metrics)
 
 
@@ -212,7 +216,7 @@ def plane_landscape(model: nn.Module, states: Sequence[StateDict], data: MedData
     plane = plane_basis(*(flatten(s, keys) for s in states))
     xs, ys = plane_grid(plane, points, margin)
     rows = [plane.coefficients(x, y) for y in ys for x in xs]
-    flat = evaluate_combinations(model, states, rows, data, split, recalibrate, bn_images)
+    flat = evaluate_combinations(model, states, rows, data, split, recalibrate, bn_images, desc="plane")
     metrics = [flat[i * len(xs):(i + 1) * len(xs)] for i in range(len(ys))]
     return Landscape(xs, ys, metrics, plane.coordinates())
 
@@ -248,7 +252,8 @@ def random_landscape(model: nn.Module, state: StateDict, data: MedData, points: 
     d2 = filter_normalized_direction(state, keys, seed + 1)
     xs = ys = np.linspace(-extent, extent, points)
     rows = [(1.0, x, y) for y in ys for x in xs]
-    flat = evaluate_combinations(model, [state, d1, d2], rows, data, split, recalibrate, bn_images)
+    flat = evaluate_combinations(model, [state, d1, d2], rows, data, split, recalibrate, bn_images,
+                                 desc="random directions")
     metrics = [flat[i * len(xs):(i + 1) * len(xs)] for i in range(len(ys))]
     return Landscape(xs, ys, metrics, [(0.0, 0.0)])
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from medsoup.core.bn import evaluate_state, train_images
 from medsoup.core.data import MedData
+from medsoup.core.progress import progress
 from medsoup.merging.statedict import StateDict, average
 
 ScoreFn = Callable[[StateDict], float]
@@ -61,7 +62,9 @@ def greedy_soup(candidates: Sequence[StateDict], score_fn: ScoreFn,
     kept = [order[0]]
     soup = {k: v.clone() for k, v in candidates[order[0]].items()}
     best = scores[order[0]]
-    for index in order[1:]:
+    bar = progress(order[1:], desc="greedy soup", leave=False)
+    for index in bar:
+        bar.set_postfix_str(f"candidate {index}, {len(kept)} kept, best {best:.4f}")
         trial = average([candidates[i] for i in kept] + [candidates[index]])
         score = float(score_fn(trial))
         evaluations += 1

@@ -7,12 +7,15 @@ hashes the config and the code version of the modules that run it (:func:`run_mo
 * ``result.json``: config, history, best epoch, validation/test metrics, wall time, versions;
 * ``model.safetensors``: the final (best-epoch) weights, their architecture in its metadata;
 * ``artifacts/<name>.safetensors``: what callbacks collected (e.g. FGG snapshots);
-* ``resume.safetensors`` while training: the state :func:`~medsoup.core.train.fit` resumes from.
+* ``resume.safetensors`` while training: the state :func:`~medsoup.core.train.fit` resumes from;
+* ``trainings.jsonl``: one line per training started (process, host, time, whether it resumed);
+* ``lock``: the lock its one trainer holds (:func:`run_lock`).
 
 Every file is written whole and moved into place (:mod:`medsoup.core.checkpoint`) and
 ``result.json`` is written last, so a run killed at any instant is either finished or resumes.
 
-A finished run is loaded, an interrupted one resumed, a new one trained. :func:`run_many` sends
+A finished run is loaded, an interrupted one resumed, a new one trained. Several processes may share
+a cache: one trains a run while the others wait for its lock, then load the result. :func:`run_many` sends
 many runs to any ``concurrent.futures.Executor``-like object with ``submit`` (a process pool, a
 ``dask.distributed.Client``), or runs them in order by default.
 """
@@ -25,22 +28,29 @@ import importlib
 import json
 import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import filelock
 import torch
 from torch import nn
 
 from medsoup.core import checkpoint as ckpt
 from medsoup.core.data import MedData, check_dataset, check_train_subset, load_dataset
-from medsoup.core.paths import project_folder
 from medsoup.core.models import check_model_name, create_model
+from medsoup.core.paths import project_folder
 from medsoup.core.progress import progress as progress_bar
-from medsoup.runs.provenance import code_version, machine, package_versions
 from medsoup.core.train import Callback, TrainConfig, checked_fields, fit, resolve_device
+from medsoup.runs.provenance import code_version, machine, package_versions
 
 RUNS_ENV = "MEDSOUP_RUNS"
+#: ``local`` (default) or ``network``: the kind of lock of :func:`run_lock`.
+LOCK_ENV = "MEDSOUP_RUN_LOCK"
+#: Seconds a ``network`` lock may go unrefreshed before another host takes the run over.
+LEASE_SECONDS = 60.0
 
 #: In-training callbacks by name, as "module:attribute", imported when first used.
 CALLBACKS: dict[str, str] = {
@@ -224,14 +234,47 @@ def make_callbacks(config: RunConfig) -> list[Callback]:
     return [_resolve(CALLBACKS, "callback", name)(**params) for name, params in config.callbacks]
 
 
+def run_lock(folder: Path) -> filelock.BaseFileLock:
+    """The lock the one process training the run in ``folder`` holds, by ``$MEDSOUP_RUN_LOCK``.
+
+    ``local`` (default): :class:`filelock.FileLock`, an ``flock`` lock the kernel releases when its
+    process dies, however it dies (``kill -9`` too). It excludes processes of one machine, and those of
+    several on a network filesystem whose locks work (NFSv4, Lustre with ``flock``).
+    ``network``: :class:`filelock.SoftFileLease`, a marker file its holder refreshes from a thread; a
+    waiter takes it over once the holder's process is gone (same host) or the marker went
+    :data:`LEASE_SECONDS` unrefreshed (any host), for filesystems without working locks.
+    """
+    kind = os.environ.get(LOCK_ENV, "local")
+    if kind == "local":
+        return filelock.FileLock(folder / "lock", poll_interval=0.25)
+    if kind == "network":
+        return filelock.SoftFileLease(folder / "lock", lease_duration=LEASE_SECONDS, poll_interval=0.25)
+    raise ValueError(f"${LOCK_ENV}={kind!r} is not a lock kind; valid: local, network")
+
+
 def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: bool = True) -> RunResult:
-    """Load the stored result of ``config``, resuming or starting training if it is not finished."""
+    """Load the stored result of ``config``, resuming or starting training if it is not finished.
+
+    One process trains a run at a time (:func:`run_lock`): another asking for it waits, then loads
+    the result, or resumes the training if the first process died.
+    """
     key = run_key(config)
     folder = cache_root(cache) / key
     if (folder / "result.json").exists():
         ckpt.remove_checkpoint(folder / "resume")  # left by a kill between result.json and its removal
         return RunResult.load(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with run_lock(folder):
+        if (folder / "result.json").exists():  # trained by the process this one waited for
+            return RunResult.load(folder)
+        return _train(config, key, folder, cache, progress)
+
+
+def _train(config: RunConfig, key: str, folder: Path, cache: str | os.PathLike | None,
+           progress: bool) -> RunResult:
+    with open(folder / "trainings.jsonl", "a") as log:
+        log.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                              "resumed": ckpt.exists(folder / "resume")}) + "\n")
     ckpt.atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=1, default=str))
     device = resolve_device(config.train.device)
     data = load_dataset(config.dataset, config.size, device=device, train_subset=config.train_subset)
@@ -258,6 +301,19 @@ def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: boo
     return RunResult.load(folder)
 
 
+def shared_inits(configs: Sequence[RunConfig]) -> list[RunConfig]:
+    """The runs ``configs`` start from (their ``init`` RunConfigs, and theirs), each once, deepest first."""
+    found: dict[str, RunConfig] = {}
+    for config in configs:
+        chain = []
+        while isinstance(config.init, RunConfig):
+            config = config.init
+            chain.append(config)
+        for init in reversed(chain):
+            found.setdefault(run_key(init), init)
+    return list(found.values())
+
+
 def run_many(configs: Sequence[RunConfig], executor=None, cache: str | os.PathLike | None = None,
              progress: bool = True) -> list[RunResult]:
     """Results of ``configs`` in order: sequential by default, else through ``executor.submit``.
@@ -267,10 +323,18 @@ def run_many(configs: Sequence[RunConfig], executor=None, cache: str | os.PathLi
     Runs in threads of one process (``ThreadPoolExecutor``, dask ``processes=False``) share torch's
     global random generator, so only one thread at a time gives reproducible numbers.
     """
-    if executor is None:
-        return [run(c, cache, progress=False) for c in progress_bar(configs, desc="runs", enabled=progress)]
-    futures = [executor.submit(run, c, str(cache_root(cache).resolve()), False) for c in configs]
-    return [f.result() for f in progress_bar(futures, desc="runs", enabled=progress)]
+    # Through an executor, shared inits go first, so that workers train them side by side rather than
+    # all waiting for the one that trains the first.
+    todo = list(configs) if executor is None else [*shared_inits(configs), *configs]
+    if executor is not None:
+        futures = [executor.submit(run, c, str(cache_root(cache).resolve()), False) for c in todo]
+    results = []
+    with progress_bar(desc="runs", total=len(todo), enabled=progress) as bar:
+        for i, config in enumerate(todo):  # the bar names the run waited for
+            bar.set_postfix_str(f"{config.dataset} {config.model} seed {config.train.seed}")
+            results.append(run(config, cache, progress=False) if executor is None else futures[i].result())
+            bar.update()
+    return results[len(todo) - len(configs):]
 
 
 def clear_run(config: RunConfig, cache: str | os.PathLike | None = None) -> None:
