@@ -14,10 +14,11 @@ from medsoup.core.models import create_model
 from tests.conftest import TINY_TRAIN, StopAfter, tiny
 
 
-def _fit(data, config=TINY_TRAIN, callbacks=(), checkpoint=None, model=None, seed=0):
+def _fit(data, config=TINY_TRAIN, callbacks=(), checkpoint=None, model=None, seed=0, deferred_checks=None):
     torch.manual_seed(seed)
     model = model or create_model("smallcnn", data.num_classes, data.in_chans)
-    return model, train.fit(model, data, config, callbacks, checkpoint=checkpoint, progress=False)
+    return model, train.fit(model, data, config, callbacks, checkpoint=checkpoint, progress=False,
+                            deferred_checks=deferred_checks)
 
 
 class Recorder(train.Callback):
@@ -248,6 +249,52 @@ def test_non_finite_weights_on_the_last_step_of_an_epoch_stop_training(tiny_data
     assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 1  # the last good epoch's state
 
 
+def test_deferred_loss_check_gives_the_same_numbers_as_the_per_step_one(tiny_data):
+    # the CUDA path's check (flag kept on the device, read at the epoch's end), run on the CPU
+    config = TINY_TRAIN.replace(augment="heavy", epochs=3)
+    _, immediate = _fit(tiny_data, config, deferred_checks=False)
+    _, deferred = _fit(tiny_data, config, deferred_checks=True)
+    strip = lambda history: [{k: v for k, v in h.items() if k != "time"} for h in history]  # noqa: E731
+    assert strip(deferred.history) == strip(immediate.history)
+    assert deferred.val == immediate.val and deferred.test == immediate.test
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_deferred_loss_check_names_the_first_bad_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path,
+                                                                                          deferred):
+    steps = math.ceil(24 / 16)  # NaN weights after step 2 (epoch 2's first): step 3's loss is the first NaN
+    with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at epoch 2, step 3\b") as error:
+        _fit(tiny_data, TINY_TRAIN.replace(epochs=3), [PoisonAt(steps)], checkpoint=tmp_path / "resume",
+             deferred_checks=deferred)
+    assert ("checked at the end of the epoch" in str(error.value)) == deferred
+    assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 1
+
+
+def test_deferred_loss_check_reports_the_learning_rate_of_the_bad_step(tiny_data):
+    with pytest.raises(train.NonFiniteLossError, match=r"loss became (nan|inf) at epoch 1, step \d+ .*lr 1e\+30"):
+        _fit(tiny_data, TINY_TRAIN.replace(lr=1e30, optimizer="sgd", schedule="constant"), deferred_checks=True)
+
+
+def test_loss_watch_keeps_the_first_non_finite_step_on_the_device():
+    watch = train.LossWatch(deferred=True, device=torch.device("cpu"))
+    for step, value in enumerate([1.0, 2.0, math.inf, math.nan, 3.0]):
+        watch.update(torch.tensor(value), step, epoch=0, lr=0.1)
+    assert int(watch.first_step) == 2 and float(watch.first_loss) == math.inf
+    with pytest.raises(train.NonFiniteLossError, match=r"loss became inf at epoch 1, step 2 .*lr 0.5"):
+        watch.raise_if_bad(0, lambda step: 0.5)
+    train.LossWatch(deferred=True, device=torch.device("cpu")).raise_if_bad(0, lambda step: 0.5)  # none: no error
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fit_draws_on_the_gpu_and_is_seeded(tiny_data):
+    config = TINY_TRAIN.replace(device="cuda", augment="heavy")
+    (_, first), (_, second) = _fit(tiny_data, config), _fit(tiny_data, config)
+    strip = lambda history: [{k: v for k, v in h.items() if k != "time"} for h in history]  # noqa: E731
+    assert strip(first.history) == strip(second.history)
+    with pytest.raises(train.NonFiniteLossError, match="checked at the end of the epoch"):
+        _fit(tiny_data, config.replace(lr=1e30, optimizer="sgd", schedule="constant"))
+
+
 class PoisonStatistics(train.Callback):
     """Sets one BatchNorm running variance to inf after the first step."""
 
@@ -306,3 +353,11 @@ def test_a_corrupted_resume_checkpoint_is_set_aside_and_training_starts_over(tin
     assert again.val == whole.val and again.test == whole.test
     assert (tmp_path / "resume.unreadable-1.safetensors").read_bytes() == bytes(payload)
     assert ckpt.load_metadata(tmp_path / "resume")["epochs_done"] == 3
+
+
+def test_batches_draw_from_the_generator_on_its_device(tiny_data):
+    # a CPU generator gives the order torch.randperm always gave; the draws happen where the generator is
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(5))
+    batches = list(tiny_data.batches("train", 16, shuffle=True, generator=torch.Generator().manual_seed(5)))
+    expected = tiny_data.splits["train"].images[order].float().div(127.5).sub(1.0)
+    assert torch.equal(torch.cat([images for images, _ in batches]), expected)

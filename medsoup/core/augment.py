@@ -8,7 +8,9 @@ Levels, mirroring FissionFusion's minimal / medium / heavy grid at MedMNIST scal
 * ``heavy``: ``medium`` plus per-image brightness/contrast jitter and random erasing of one
   box (a tensor stand-in for RandAugment N=2, M=15).
 
-Random numbers come from a CPU :class:`torch.Generator`, so a seed fixes every batch.
+Random numbers come from a seeded :class:`torch.Generator`, so a seed fixes every batch. They are
+drawn on the generator's device: a CPU generator gives the same numbers as ever (copied to the
+batch's device), a generator on the batch's CUDA device draws there, with no host copy or wait.
 """
 
 from __future__ import annotations
@@ -32,8 +34,14 @@ def normalise(images: torch.Tensor, in_chans: int | None = None) -> torch.Tensor
     return x
 
 
-def _uniform(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    return torch.rand(n, generator=generator).to(device)
+def _draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where random numbers are drawn: the generator's device; the CPU for torch's global generator."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    size = (shape,) if isinstance(shape, int) else tuple(shape)
+    return torch.rand(size, generator=generator, device=_draw_device(generator)).to(device)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -48,7 +56,8 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
         return x
     b, c, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, mode="reflect")
-    offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator).to(x.device)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator,
+                            device=_draw_device(generator)).to(x.device)
     rows = offsets[0][:, None] + torch.arange(h, device=x.device)
     cols = offsets[1][:, None] + torch.arange(w, device=x.device)
     batch = torch.arange(b, device=x.device)[:, None, None]
@@ -67,7 +76,7 @@ def jitter(x: torch.Tensor, strength: float, generator: torch.Generator | None =
 def random_erase(x: torch.Tensor, max_fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero one random box per image, each side up to ``max_fraction`` of the image side."""
     b, _, h, w = x.shape
-    u = torch.rand(4, b, generator=generator).to(x.device)
+    u = _uniform((4, b), generator, x.device)
     box_h = (u[0] * max_fraction * h).long() + 1
     box_w = (u[1] * max_fraction * w).long() + 1
     top = (u[2] * (h - box_h + 1)).long()

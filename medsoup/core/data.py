@@ -287,12 +287,15 @@ class MedData:
                 drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, targets)``: float normalised images, augmented as tensors.
 
-        ``generator`` (a CPU :class:`torch.Generator`) makes shuffling and augmentation
-        reproducible; ``in_chans`` repeats grayscale to 3 channels when a model needs it.
+        ``generator`` (a seeded :class:`torch.Generator`) makes shuffling and augmentation
+        reproducible; its random numbers are drawn on its own device (a CPU generator gives the
+        same order on every device; one on the data's CUDA device needs no host copy or wait).
+        ``in_chans`` repeats grayscale to 3 channels when a model needs it.
         """
         data = self.splits[split]
         n = len(data)
-        order = torch.randperm(n, generator=generator).to(data.images.device) if shuffle else None
+        draw_on = generator.device if generator is not None else torch.device("cpu")
+        order = torch.randperm(n, generator=generator, device=draw_on).to(data.images.device) if shuffle else None
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)

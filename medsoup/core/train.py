@@ -8,6 +8,11 @@ the best epoch (by ``select_metric`` on the validation split) is restored at the
 With ``checkpoint=<stem>`` the full training state (model, best model, optimizer, random
 generators, callback state, history) is written atomically after every epoch and training
 resumes from it, giving the same numbers as an uninterrupted run.
+
+On CUDA a step makes no host wait: batch order and augmentation are drawn by a seeded generator
+on the GPU, the loss is summed and checked for NaN/inf on the device, and both are read once per
+epoch (:class:`LossWatch`). The CPU path draws from a CPU generator and checks every step, as it
+always did, so CPU runs keep their numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -269,6 +274,39 @@ def check_resume_signature(stem, recorded: dict | None, expected: dict) -> None:
                                    "resume with the same config, or delete it to start over")
 
 
+class LossWatch:
+    """The finite-loss check of :func:`fit`.
+
+    Immediate (``deferred=False``): every step's loss is read on the host and a NaN/inf raises at
+    once. Deferred: the first non-finite step and its loss are kept on the loss's device
+    (``torch.where``, no host read) and :meth:`raise_if_bad` reads them once, at the epoch's end,
+    before anything of that epoch is validated or checkpointed. Training numbers are the same
+    either way; deferred only reports later (the epoch's remaining steps run on NaN weights).
+    """
+
+    def __init__(self, deferred: bool, device: torch.device):
+        self.deferred = deferred
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.first_loss = torch.zeros((), device=device)
+
+    def update(self, loss: torch.Tensor, step: int, epoch: int, lr: float) -> None:
+        if not self.deferred:
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                                         + _STOPPED.format(lr=lr))
+            return
+        new = (self.first_step < 0) & ~torch.isfinite(loss)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.first_loss = torch.where(new, loss.detach().float(), self.first_loss)
+
+    def raise_if_bad(self, epoch: int, lr_at) -> None:
+        """Deferred mode: raise :class:`NonFiniteLossError` naming the epoch, the first bad step and its loss."""
+        step = int(self.first_step)
+        if step >= 0:
+            raise NonFiniteLossError(f"loss became {float(self.first_loss)} at epoch {epoch + 1}, step {step} "
+                                     "(checked at the end of the epoch); " + _STOPPED.format(lr=lr_at(step)))
+
+
 def _save_state(stem, model, best_state, optimizer, generator, callbacks, meta) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
@@ -307,6 +345,10 @@ def _load_state(tensors, model, optimizer, generator, callbacks) -> dict:
             _, index, name = key.split(".", 2)
             restored.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": restored, "param_groups": state["param_groups"]})
+    if tensors["rng.data"].shape != generator.get_state().shape:
+        raise ckpt.CheckpointError(f"the resume checkpoint's data generator was a {generator.device.type} one's "
+                                   "of another kind (written on another device type); resume on the device "
+                                   "it was written on, or delete it to start over")
     generator.set_state(tensors["rng.data"])
     torch.set_rng_state(tensors["rng.torch"])
     for i, callback in enumerate(callbacks):
@@ -320,7 +362,7 @@ _STOPPED = ("training stopped (lr {lr:g}). The last checkpoint written, if any, 
 
 
 def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterable[Callback] = (),
-        checkpoint=None, progress: bool = True) -> FitResult:
+        checkpoint=None, progress: bool = True, deferred_checks: bool | None = None) -> FitResult:
     """Train ``model`` on ``data.splits['train']``; return the history and best-epoch metrics.
 
     The model ends holding its best-epoch weights (by validation ``config.select_metric``; the
@@ -330,6 +372,11 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     validation outputs become NaN/inf; the last good epoch's checkpoint (if any) is left intact.
     A checkpoint written for another config, data or model is refused, naming the difference; an
     unreadable (corrupted) one is set aside with a warning and training starts over.
+
+    ``deferred_checks`` (None: True on CUDA, False elsewhere) checks the loss on the device and
+    reads the result at each epoch's end instead of after every step (:class:`LossWatch`); the
+    error then still names the epoch, the first non-finite step and its loss. Passing True on the
+    CPU runs the CUDA path's check there (for tests); the numbers of a finite run do not change.
     """
     callbacks = list(callbacks)
     device = resolve_device(config.device)
@@ -346,7 +393,8 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     lr_at = make_schedule(config.schedule, config.lr, total_steps, steps_per_epoch,
                           milestones=config.milestones, gamma=config.gamma, min_lr=config.min_lr,
                           cycle_epochs=config.cycle_epochs)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(config.seed)
+    deferred = device.type == "cuda" if deferred_checks is None else deferred_checks
     torch.manual_seed(config.seed)
     in_chans = model_in_chans(model, data)
     use_amp = config.amp and device.type == "cuda"
@@ -368,6 +416,7 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
         for epoch in range(start_epoch, config.epochs):
             _train_mode(model, config)
             loss_sum = torch.zeros((), device=device)
+            watch = LossWatch(deferred, device)
             batches = data.batches("train", config.batch_size, shuffle=True, augment=config.augment,
                                    in_chans=in_chans, generator=generator)
             bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -380,15 +429,14 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     logits = model(images)
                 loss = loss_fn(data, logits, targets, config.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                                             + _STOPPED.format(lr=lr))
+                watch.update(loss, step, epoch, lr)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 for callback in callbacks:
                     callback.on_step_end(model, step)
                 loss_sum += loss.detach()
+            watch.raise_if_bad(epoch, lr_at)
             broken = non_finite_entries(model)
             if broken:
                 raise NonFiniteLossError(
