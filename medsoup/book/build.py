@@ -60,6 +60,11 @@ INJECTED_TAG = "injected-parameters"
 FOLD_TAG = "hide-cell"
 
 
+#: Profiles whose files are checked before anything executes (:mod:`medsoup.book.preflight`): the
+#: ones that need files or weights the offline machine may not have.
+PREFLIGHT_PROFILES = ("paper",)
+
+
 class NotebookExecutionError(RuntimeError):
     """A notebook failed; the message names it and the partially executed copy."""
 
@@ -168,7 +173,9 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     """Execute the source notebooks into ``out_dir``; returns the executed copies' paths.
 
     Raises ``NotebookExecutionError`` on the first failing notebook; its partially executed copy
-    stays in ``out_dir`` (without a stamp, so the next call runs it again).
+    stays in ``out_dir`` (without a stamp, so the next call runs it again). At a profile of
+    :data:`PREFLIGHT_PROFILES`, :func:`medsoup.book.preflight.check` runs first and raises
+    ``PreflightError`` listing what the selected notebooks need that is missing and not downloadable.
     """
     from medsoup.runs.profiles import resolve_profile  # imports torch
     from medsoup.runs.results import REFERENCE_ENV
@@ -176,6 +183,10 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     root = repo_root()
     sources = notebook_paths(only)
     profile = resolve_profile(profile)
+    if profile in PREFLIGHT_PROFILES:  # fail in seconds, listing every missing file, not hours in
+        from medsoup.book.preflight import chapters_of, check, report
+
+        print(f"[book] {report(profile, check(profile, chapters_of(s.stem for s in sources)))}", flush=True)
     params = {"profile": profile, **(parameters or {})}
     shares = parameters_per_notebook(sources, params)
     out = Path(out_dir) if Path(out_dir).is_absolute() else root / out_dir
@@ -347,11 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command in ("execute", "all"):
+        from medsoup.book.preflight import PreflightError  # imports torch, as executing does
+
         try:
             execute_notebooks(args.profile, only=args.only,
                               parameters={k: parse_value(v) for k, v in args.parameter},
                               kernel_name=args.kernel, force=args.force, log_output=args.log_output)
-        except (NotebookExecutionError, ValueError, FileNotFoundError) as err:
+        except (NotebookExecutionError, PreflightError, ValueError, FileNotFoundError) as err:
             print(f"[book] error: {err}", file=sys.stderr, flush=True)
             return 1
     if args.command in ("build", "all"):
