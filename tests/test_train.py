@@ -361,3 +361,15 @@ def test_batches_draw_from_the_generator_on_its_device(tiny_data):
     batches = list(tiny_data.batches("train", 16, shuffle=True, generator=torch.Generator().manual_seed(5)))
     expected = tiny_data.splits["train"].images[order].float().div(127.5).sub(1.0)
     assert torch.equal(torch.cat([images for images, _ in batches]), expected)
+
+
+def test_resume_with_a_data_generator_of_another_device_kind_is_refused(tiny_data, tmp_path):
+    # a CUDA run's generator state does not fit the CPU generator (and back): named, not a crash
+    config = TINY_TRAIN.replace(epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_data, config, [StopAfter(2)], checkpoint=tmp_path / "resume")
+    tensors, meta = ckpt.load_checkpoint(tmp_path / "resume")
+    tensors["rng.data"] = tensors["rng.data"][:16].clone()  # the size of a CUDA generator's state
+    ckpt.save_checkpoint(tmp_path / "resume", tensors, meta)
+    with pytest.raises(ckpt.CheckpointError, match="written on another device type"):
+        _fit(tiny_data, config, checkpoint=tmp_path / "resume")

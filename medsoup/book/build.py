@@ -23,7 +23,9 @@ selected notebook declares is refused with the valid names (a misspelled ``-p da
 otherwise be ignored), and each notebook receives only the parameters it declares.
 
 Profiles: ``smoke`` (CI, minutes), ``cpu`` (a 2-core machine), ``paper`` (a GPU, the papers'
-settings); ``auto`` is ``paper`` when CUDA is available and ``cpu`` otherwise.
+settings); ``auto`` is ``paper`` when CUDA is available and ``cpu`` otherwise. Before a ``paper``
+execution, :mod:`medsoup.book.preflight` checks that every dataset file and ImageNet weight the
+selected notebooks need is present or downloadable, and stops with the list of what is not.
 
 Build: ``jupyter-book build <root> -W -n --keep-going --all``: every page is rebuilt so that no
 warning is hidden by Sphinx's incremental cache, and any warning fails the build.

@@ -346,9 +346,9 @@ def _load_state(tensors, model, optimizer, generator, callbacks) -> dict:
             restored.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": restored, "param_groups": state["param_groups"]})
     if tensors["rng.data"].shape != generator.get_state().shape:
-        raise ckpt.CheckpointError(f"the resume checkpoint's data generator was a {generator.device.type} one's "
-                                   "of another kind (written on another device type); resume on the device "
-                                   "it was written on, or delete it to start over")
+        raise ckpt.CheckpointError(f"the resume checkpoint's data generator state does not fit this run's "
+                                   f"{generator.device.type} generator (written on another device type); resume "
+                                   "on the device type it was written on, or delete it to start over")
     generator.set_state(tensors["rng.data"])
     torch.set_rng_state(tensors["rng.torch"])
     for i, callback in enumerate(callbacks):
@@ -368,7 +368,7 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     The model ends holding its best-epoch weights (by validation ``config.select_metric``; the
     last epoch's with ``restore_best=False``) and
     ``requires_grad`` flags as they were before the call. Raises :class:`NonFiniteLossError` if
-    the loss (checked every step), the weights or BatchNorm statistics (every epoch) or the
+    the loss (checked every step; on CUDA at each epoch's end, see below), the weights or BatchNorm statistics (every epoch) or the
     validation outputs become NaN/inf; the last good epoch's checkpoint (if any) is left intact.
     A checkpoint written for another config, data or model is refused, naming the difference; an
     unreadable (corrupted) one is set aside with a warning and training starts over.
