@@ -8,6 +8,7 @@ import pytest
 from medsoup.book import build, preflight
 from medsoup.book.preflight import Need, PreflightError
 
+
 def _touch(folder, *names):
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:

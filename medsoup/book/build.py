@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command in ("execute", "all"):
-        from medsoup.book.preflight import PreflightError  # imports torch, as executing does
+        # imports torch, as executing does
+        from medsoup.book.preflight import PreflightError
 
         try:
             execute_notebooks(args.profile, only=args.only,

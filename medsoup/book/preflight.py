@@ -24,8 +24,8 @@ import argparse
 import os
 import socket
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 from medsoup.chapters.baselines import BASELINE

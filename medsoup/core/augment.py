@@ -34,14 +34,13 @@ def normalise(images: torch.Tensor, in_chans: int | None = None) -> torch.Tensor
     return x
 
 
-def _draw_device(generator: torch.Generator | None) -> torch.device:
+def draw_device(generator: torch.Generator | None) -> torch.device:
     """Where random numbers are drawn: the generator's device; the CPU for torch's global generator."""
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    size = (shape,) if isinstance(shape, int) else tuple(shape)
-    return torch.rand(size, generator=generator, device=_draw_device(generator)).to(device)
+def _uniform(shape: int | tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=draw_device(generator)).to(device)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -57,7 +56,7 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
     b, c, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, mode="reflect")
     offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator,
-                            device=_draw_device(generator)).to(x.device)
+                            device=draw_device(generator)).to(x.device)
     rows = offsets[0][:, None] + torch.arange(h, device=x.device)
     cols = offsets[1][:, None] + torch.arange(w, device=x.device)
     batch = torch.arange(b, device=x.device)[:, None, None]

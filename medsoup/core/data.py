@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from medmnist import INFO
 
-from medsoup.core.augment import augment_batch, normalise
+from medsoup.core.augment import augment_batch, draw_device, normalise
 from medsoup.core.checkpoint import writer_tag, written_by_dead_process
 from medsoup.core.paths import project_folder
 
@@ -294,8 +294,8 @@ class MedData:
         """
         data = self.splits[split]
         n = len(data)
-        draw_on = generator.device if generator is not None else torch.device("cpu")
-        order = torch.randperm(n, generator=generator, device=draw_on).to(data.images.device) if shuffle else None
+        order = (torch.randperm(n, generator=generator, device=draw_device(generator)).to(data.images.device)
+                 if shuffle else None)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)

@@ -368,8 +368,8 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     The model ends holding its best-epoch weights (by validation ``config.select_metric``; the
     last epoch's with ``restore_best=False``) and
     ``requires_grad`` flags as they were before the call. Raises :class:`NonFiniteLossError` if
-    the loss (checked every step; on CUDA at each epoch's end, see below), the weights or BatchNorm statistics (every epoch) or the
-    validation outputs become NaN/inf; the last good epoch's checkpoint (if any) is left intact.
+    the loss (checked every step; on CUDA at each epoch's end, see below), the weights or
+    BatchNorm statistics (every epoch) or the validation outputs become NaN/inf; the last good epoch's checkpoint (if any) is left intact.
     A checkpoint written for another config, data or model is refused, naming the difference; an
     unreadable (corrupted) one is set aside with a warning and training starts over.
 
