@@ -32,7 +32,7 @@ def _medsoup_imports(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names if alias.name.startswith("medsoup."))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "medsoup":
             found.add(node.module)
-            # ``from medsoup import checkpoint`` imports a module, ``from medsoup.x import y`` a name
+            # ``from medsoup.core import checkpoint`` imports a module, ``from medsoup.core.data import x`` a name
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
