@@ -41,8 +41,7 @@ def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: 
     layers = list(sims[labels[0]])
     ncols = min(3, len(layers))
     nrows = int(np.ceil(len(layers) / ncols))
-    fig, axes = figure(nrows, ncols, width=3.3, height=2.5)
-    axes = np.atleast_1d(axes).ravel()
+    fig, axes = figure(nrows, ncols, width=3.3, height=2.5, flat=True)
     colours = sns.color_palette("deep", len(labels))
     for index, (ax, layer) in enumerate(zip(axes, layers)):
         bins = np.linspace(-1, 1, 81)
@@ -91,8 +90,7 @@ def ablation_lines(table: pd.DataFrame, x: str, metric: str = "auc", hue: str | 
     rows = table[table["metric"] == metric]
     datasets = list(dict.fromkeys(rows["dataset"]))
     if ax is None:
-        fig, axes = figure(1, len(datasets), width=3.6, height=2.9)
-        axes = np.atleast_1d(axes).ravel()
+        fig, axes = figure(1, len(datasets), width=3.6, height=2.9, flat=True)
     else:
         axes = [ax]
     groups = list(dict.fromkeys(rows[hue])) if hue else [None]

@@ -94,9 +94,10 @@ def code_version(modules: tuple[str, ...] | None = None) -> str:
     return f"{medsoup.__version__}+{digest[:12]}"
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
+    """``{"python": version, name: version or "not installed"}`` for the distributions ``names``."""
     versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
