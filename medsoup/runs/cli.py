@@ -105,7 +105,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     columns = ["key", "dataset", "model", "method", "seed", "state", "metric", "val", "test", "wall_s", "size"]
     cells = [[cell(r[c], 1 if c == "wall_s" else 4) if c != "size" else f"{r['size'] / 2**20:.2f} MiB"
               for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip()
                      for line in [columns, *cells])
 
