@@ -6,7 +6,8 @@ dotted name ``medsoup.<...>``: in backticks (``medsoup.runs.run``, ``medsoup.run
 target of a Sphinx role (:func:`~medsoup.runs.run`) or in plain text; and every
 ``python -m medsoup...`` command. Each name must be an importable module or an attribute of one
 (``module.attr``, ``module.Class.method``); each ``python -m`` target must be runnable (a module,
-or a package with ``__main__``).
+or a package with ``__main__``). A file named by its path in the repository (``medsoup/core/train.py``,
+``notebooks/00_quickstart.ipynb``) must exist.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: A dotted name of the package, not part of a longer name or a path (``x.medsoup.y``, ``a/medsoup.y``).
 _NAME = re.compile(r"(?<![\w./-])(medsoup(?:\.[A-Za-z_]\w*)+)")
+#: A file path under one of the repository's source folders, with its suffix (not a ``<placeholder>``).
+_PATH = re.compile(r"(?<![\w./<-])((?:medsoup|tests|benchmarks|notebooks|book|data)/[\w./-]*\.[A-Za-z]+)(?![\w<])")
 _COMMAND = re.compile(r"python3?\s+-m\s+(medsoup(?:\.[A-Za-z_]\w*)*)")
 
 
@@ -59,11 +62,12 @@ def _sources() -> dict[str, str]:
 
 
 def references() -> list[tuple[str, str, str]]:
-    """``(file, kind, name)`` for every reference found; kind is ``"name"`` or ``"command"``."""
+    """``(file, kind, name)`` for every reference found; kind is ``"name"``, ``"command"`` or ``"path"``."""
     found = set()
     for where, text in _sources().items():
         found |= {(where, "name", m.group(1)) for m in _NAME.finditer(text)}
         found |= {(where, "command", m.group(1)) for m in _COMMAND.finditer(text)}
+        found |= {(where, "path", m.group(1)) for m in _PATH.finditer(text)}
     return sorted(found)
 
 
@@ -102,6 +106,7 @@ def test_the_scan_finds_references():
     assert ("README.md", "command", "medsoup.runs") in refs
     assert any(kind == "name" and where.startswith("medsoup/") for where, kind, _ in refs)
     assert any(kind == "name" and where.startswith("notebooks/") for where, kind, _ in refs)
+    assert ("README.md", "path", "tests/browser/check_book.py") in refs
 
 
 def test_resolver_rejects_stale_names():
@@ -114,6 +119,6 @@ def test_resolver_rejects_stale_names():
 
 
 def test_every_reference_resolves():
-    stale = [f"{where}: {name}" for where, kind, name in references()
-             if not (runnable(name) if kind == "command" else resolves(name))]
-    assert not stale, "references to names that do not exist:\n" + "\n".join(stale)
+    check = {"name": resolves, "command": runnable, "path": lambda path: (ROOT / path).is_file()}
+    stale = [f"{where}: {name}" for where, kind, name in references() if not check[kind](name)]
+    assert not stale, "references to names or files that do not exist:\n" + "\n".join(stale)
