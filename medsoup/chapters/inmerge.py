@@ -165,8 +165,8 @@ def long_rows(records: Sequence[dict], **columns) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def comparison(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
-               by: str | Sequence[str] = "dataset") -> pd.DataFrame:
+def versus_baseline(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
+                    by: str | Sequence[str] = "dataset") -> pd.DataFrame:
     """InMerge against the baseline per group of ``by`` (:func:`medsoup.chapters.tables.paired` over
     :func:`long_rows`), with the mean ``merge_rate`` of the InMerge runs."""
     return paired(long_rows(records), [PAIR], list(metrics), by=by, extra=("merge_rate",))
@@ -184,7 +184,7 @@ def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.Dat
 
 
 def tally(table: pd.DataFrame, metric: str = "auc") -> str:
-    """How many settings of :func:`comparison` raise or lower ``metric`` significantly (95% CI), and
+    """How many settings of :func:`versus_baseline` raise or lower ``metric`` significantly (95% CI), and
     how many of the raw significant ones keep an adjusted p-value below 0.05 (Benjamini-Hochberg over
     the table's comparisons)."""
     rows = table[table["metric"] == metric]

@@ -58,7 +58,7 @@ def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: 
 
 def comparison_bars(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = "dataset"):
     """Baseline and InMerge means with standard deviations per group of
-    :func:`medsoup.chapters.inmerge.comparison` (labelled by the ``by`` columns), the paired difference
+    :func:`medsoup.chapters.inmerge.versus_baseline` (labelled by the ``by`` columns), the paired difference
     written above each group."""
     rows = table[table["metric"] == metric].reset_index(drop=True)
     keys = (by,) if isinstance(by, str) else tuple(by)
@@ -85,7 +85,7 @@ def ablation_lines(table: pd.DataFrame, x: str, metric: str = "auc", hue: str | 
     """InMerge test ``metric`` (mean +- std over seeds) against setting ``x``, one line per ``hue``
     value, the baseline as a horizontal band; one panel per dataset unless ``ax`` is given.
 
-    ``table``: rows of :func:`medsoup.chapters.inmerge.comparison` grouped by ``("dataset", x[, hue])``.
+    ``table``: rows of :func:`medsoup.chapters.inmerge.versus_baseline` grouped by ``("dataset", x[, hue])``.
     """
     rows = table[table["metric"] == metric]
     datasets = list(dict.fromkeys(rows["dataset"]))
