@@ -15,8 +15,8 @@ The package is four layers and two presentation folders; imports run one way, do
 ==============  ===========================================================================
 
 The names a reader meets first are importable from here (loaded on first use, so that
-``import medsoup`` stays cheap): :func:`run`, :class:`RunConfig`, :class:`TrainConfig`,
-:func:`fit`, :func:`load_dataset`, :func:`create_model`.
+``import medsoup`` stays cheap): :func:`run`, :func:`run_many`, :class:`RunConfig`,
+:class:`TrainConfig`, :func:`fit`, :func:`load_dataset`, :func:`create_model`.
 """
 
 from importlib import import_module

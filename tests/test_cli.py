@@ -69,6 +69,14 @@ def test_list_shows_every_run_with_its_state_metrics_and_size(store, capsys):
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == [stopped]
 
 
+def test_list_of_an_empty_store_or_filter_is_the_header_alone(store, tmp_path, capsys):
+    columns = ["key", "dataset", "model", "method", "seed", "state", "metric", "val", "test", "wall_s", "size"]
+    assert cli.main(["--cache", str(tmp_path / "empty"), "list"]) == 0
+    assert capsys.readouterr().out.split() == columns
+    assert cli.main(["list", "dataset=retinamnist"]) == 0
+    assert capsys.readouterr().out.split() == columns
+
+
 def test_show_prints_config_history_and_trainings(store, capsys):
     finished = keys()[0]
     assert cli.main(["show", finished[:6]]) == 0

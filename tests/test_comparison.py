@@ -4,6 +4,7 @@ method with its own baseline through the shared tables."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from medsoup.chapters import comparison as cmp
 from medsoup.chapters import fissionfusion as ff
 from medsoup.chapters import inmerge, tables
 from medsoup.chapters.medmerge import method_name
+from medsoup.runs.profiles import settings
 
 
 def _metrics(x):
@@ -107,3 +109,18 @@ def test_an_unknown_metric_is_named():
     rows = cmp.long_rows(_results())
     with pytest.raises(KeyError, match="no metric column acu"):
         tables.paired(rows, cmp.PAIRS, "acu", by=("chapter", "dataset"))
+
+
+def test_an_unknown_metric_setting_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown metric 'accuracy'; valid: acc, auc, f1$"):
+        settings(cmp.COMPARISON, "cpu", choices=cmp.CHOICES, metric="accuracy")
+    assert settings(cmp.COMPARISON, "smoke", choices=cmp.CHOICES, metric="f1")["metric"] == "f1"
+    assert settings(cmp.COMPARISON, "paper", choices=cmp.CHOICES)["metric"] == "auc"
+
+
+def test_the_comparison_notebook_checks_its_metric_where_it_resolves_its_settings():
+    # The page's settings cell, run as the notebook runs it, with a misspelled `metric` parameter.
+    cells = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "40_comparison.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if "settings(COMPARISON" in "".join(c["source"]))
+    with pytest.raises(ValueError, match="unknown metric 'AUC'; valid: acc, auc, f1"):
+        exec(source, {"profile": "cpu", "metric": "AUC"})

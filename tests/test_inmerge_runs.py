@@ -2,7 +2,7 @@
 
 import pytest
 
-from medsoup.chapters.inmerge import INMERGE, comparison, long_rows, protocol, sweep, tally
+from medsoup.chapters.inmerge import INMERGE, long_rows, protocol, sweep, tally, versus_baseline
 from medsoup.chapters.tables import verdict
 from medsoup.runs.profiles import settings
 from tests.conftest import real_file
@@ -18,10 +18,10 @@ def test_protocol_pairs_baseline_and_inmerge_on_one_backbone():
     assert runs["baseline"].train.epochs == s["merge_epochs"] and runs["backbone"].train.epochs == s["backbone_epochs"]
 
 
-def test_comparison_and_verdict_follow_the_paired_difference():
+def test_versus_baseline_and_verdict_follow_the_paired_difference():
     rows = [{"dataset": "d", "seed": s, "baseline": {"auc": 0.80 + 0.01 * s}, "inmerge": {"auc": 0.82 + 0.01 * s + 0.001 * (s % 2)}}
             for s in range(5)]
-    table = comparison(rows, metrics=("auc",))
+    table = versus_baseline(rows, metrics=("auc",))
     row = table.iloc[0]
     assert row["n"] == 5 and row["difference"] == pytest.approx(0.0204) and row["ci_low"] > 0
     assert row["outcome"] == "better"
@@ -49,7 +49,7 @@ def test_sweep_shares_the_baseline_and_logs_merge_rates():
     assert 0.1 < records[0]["merge_rate"] < 0.6
     merged = records[1]["runs"]["inmerge"].history[0]["inmerge_merged"]
     assert list(merged) == ["features.14", "features.17"]
-    table = comparison(records, by=("dataset", "setting"))
+    table = versus_baseline(records, by=("dataset", "setting"))
     assert list(table["setting"]) == ["p=0.3", "p=0.3", "p=1", "p=1"] and (table["n"] == 1).all()
 
 
@@ -57,7 +57,7 @@ def test_tally_counts_outcomes_and_settings_that_merged_nothing():
     rows = [{"dataset": "d", "setting": name, "seed": s, "baseline": {"auc": 0.80 + 0.01 * s},
              "inmerge": {"auc": 0.80 + 0.01 * s + delta + 0.001 * (s % 2)}, "merge_rate": rate}
             for name, delta, rate in (("up", 0.02, 0.1), ("same", 0.0, 0.0)) for s in range(5)]
-    table = comparison(rows, metrics=("auc",), by=("dataset", "setting"))
+    table = versus_baseline(rows, metrics=("auc",), by=("dataset", "setting"))
     text = tally(table)
     assert text.startswith("Of 2 settings, 1 raise test AUC significantly over the baseline and 0 lower it")
     assert "In 1 of them no kernel was merged at all" in text and "from 0.00% to 10.00%" in text

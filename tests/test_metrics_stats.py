@@ -200,6 +200,16 @@ def test_figures_build_without_a_display():
     matplotlib.pyplot.close("all")
 
 
+def test_figure_flat_gives_a_flat_array_of_panels_for_any_grid():
+    for nrows, ncols in ((1, 1), (1, 3), (2, 2)):
+        fig, axes = figures.figure(nrows, ncols, flat=True)
+        assert axes.shape == (nrows * ncols,) and list(axes) == fig.axes
+    _, ax = figures.figure()
+    assert isinstance(ax, matplotlib.axes.Axes)
+    assert figures.figure(2, 3)[1].shape == (2, 3)
+    matplotlib.pyplot.close("all")
+
+
 def test_paired_outcome_words_and_columns_round_trip():
     better = stats.paired_difference([0.5, 0.6, 0.7], [0.6, 0.71, 0.79])
     assert better.outcome == "better"

@@ -113,3 +113,25 @@ def test_every_imported_library_is_declared(wheel):
             if not names & declared:
                 missing.append(f"{path.relative_to(ROOT)} imports {module} ({', '.join(sorted(names))})")
     assert missing == []
+
+
+def test_the_public_door_is_lazy():
+    # ``import medsoup`` imports no heavy library (medsoup.book relies on it to start fast); each
+    # re-exported name resolves, on first use, to the object of its module.
+    code = ("import sys, medsoup; heavy = [m for m in ('torch', 'pandas', 'timm') if m in sys.modules]; "
+            "print(heavy); medsoup.run; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["[]", "True"]
+
+    import medsoup
+    from medsoup.core.data import load_dataset
+    from medsoup.core.models import create_model
+    from medsoup.core.train import TrainConfig, fit
+    from medsoup.runs.store import RunConfig, run, run_many
+    assert (medsoup.run, medsoup.run_many, medsoup.RunConfig, medsoup.TrainConfig, medsoup.fit,
+            medsoup.load_dataset, medsoup.create_model) == (run, run_many, RunConfig, TrainConfig, fit,
+                                                            load_dataset, create_model)
+    assert set(medsoup.__all__) == {"__version__", *medsoup._PUBLIC}
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = medsoup.nope

@@ -3,10 +3,12 @@ nothing in CI logs, no warning or redraws in the book's pages."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +79,16 @@ def test_a_kernel_with_ipywidgets_gets_a_widget_bar_unless_switched_off(monkeypa
     assert progress_module._bar_class() is None
     monkeypatch.delitem(sys.modules, "ipykernel")
     assert progress(range(2)).disable
+
+
+def test_only_the_progress_module_imports_tqdm():
+    # One choice of bar: every other module goes through medsoup.core.progress (never tqdm.auto).
+    package = Path(progress_module.__file__).resolve().parents[1]
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "tqdm" for name in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"core/progress.py"}

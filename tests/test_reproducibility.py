@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from medsoup.book.build import record_timing
 from medsoup.chapters import reproducibility as rep
+from medsoup.runs.provenance import PACKAGES, package_versions
 
 
 def test_pinned_versions_reads_both_equality_forms(tmp_path):
     path = tmp_path / "constraints.txt"
     path.write_text("# header\ntorch===2.13.0\nscikit_learn==1.9.1\nPySocks==1.7.1  # comment\nfoo>=1\n")
     assert rep.pinned_versions(path) == {"torch": "2.13.0", "scikit-learn": "1.9.1", "pysocks": "1.7.1"}
+
+
+def test_versions_table_lists_python_the_libraries_and_the_toolchain(tmp_path):
+    path = tmp_path / "constraints.txt"
+    path.write_text("torch==2.13.0\n")
+    table = rep.versions_table(path)
+    assert list(table.index) == ["python", *PACKAGES, *rep.TOOLCHAIN]
+    assert table.loc["torch", "pinned in constraints.txt"] == "2.13.0"
+    assert table.loc["python", "pinned in constraints.txt"] == "(interpreter)"
+    assert table.loc["timm", "pinned in constraints.txt"] == "-"
+
+
+def test_package_versions_of_named_distributions():
+    versions = package_versions(("torch", "no-such-distribution-medsoup"))
+    assert list(versions) == ["python", "torch", "no-such-distribution-medsoup"]
+    assert versions["no-such-distribution-medsoup"] == "not installed" and versions["torch"][0].isdigit()
 
 
 def test_profile_tables_have_one_column_per_profile():

@@ -53,7 +53,6 @@ from medsoup.book.build import (
     run_papermill,
 )
 
-GLUE_PREFIX = "application/papermill.record/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 

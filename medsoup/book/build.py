@@ -13,9 +13,9 @@ and ``MEDSOUP_REFERENCE_RUN=1``: these executions are the reference runs whose r
 (``results/<stem>/<profile>.json``) are committed (:mod:`medsoup.runs.results`).
 A notebook is skipped when its executed copy exists and its stamp file ``<name>.stamp`` beside it
 matches the sha256 of (source notebook, parameters, kernel, the code of the ``medsoup/`` sources
-(docstrings and comments left out, as in the run keys),
-``constraints.txt``; for a notebook whose metadata says ``medsoup.reads_results``, also the other
-notebooks' ``results/*/<profile>.json``), so a rebuild with nothing changed takes seconds. Each
+(docstrings and comments left out, as in the run keys), ``constraints.txt``; for a notebook whose
+metadata has ``{"medsoup": {"reads_results": true}}``, also the other notebooks'
+``results/*/<profile>.json``), so a rebuild with nothing changed takes seconds. Each
 execution's wall time goes to ``results/timings/<profile>.json``.
 
 Parameters: a notebook declares its parameters in its ``parameters`` cell; a ``-p`` name that no

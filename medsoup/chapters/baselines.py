@@ -109,9 +109,9 @@ def markdown_table(record: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--out", default="results/baselines.json")
+    parser = argparse.ArgumentParser(prog="python -m medsoup.chapters.baselines", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu", help="smoke, cpu, paper or auto (default cpu)")
+    parser.add_argument("--out", default="results/baselines.json", help="the record (default %(default)s)")
     args = parser.parse_args(argv)
     record = baseline_record(args.profile)
     atomic_write_text(Path(args.out), json.dumps(record, indent=1))

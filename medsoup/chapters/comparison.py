@@ -25,6 +25,8 @@ CHAPTERS = {"InMerge": "10_inmerge", "FissionFusion": "20_fissionfusion", "MedMe
 COMPARED_METRICS = tuple(m for m in METRICS if m != "recall")
 #: The comparison page's settings: the metric its tables and verdicts use.
 COMPARISON = {profile: {"metric": "auc"} for profile in ("smoke", "cpu", "paper")}
+#: The valid values of the page's settings (``settings(COMPARISON, profile, choices=CHOICES, ...)``).
+CHOICES = {"metric": COMPARED_METRICS}
 _FISSIONFUSION_METHODS = ("GS(best)", "Greedy soup", "Uniform soup", "FGG(best)", "GoU", "GoG")
 
 

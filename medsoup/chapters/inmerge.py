@@ -16,6 +16,7 @@ from medsoup.chapters.tables import paired, row
 from medsoup.core.train import TrainConfig
 from medsoup.merging.inmerge import check_params
 from medsoup.runs.profiles import CPU_DATASETS
+from medsoup.runs.store import RunConfig, run_key, run_many
 
 #: The paper's settings (Wang et al., Sec. 4.1-4.3): Table 2 on PathMNIST, DermaMNIST and BloodMNIST at 64 px
 #: with an ImageNet VGG19, batch 1024, SGD with a multi-step schedule, 20 backbone + 5 merging epochs, five runs;
@@ -88,10 +89,8 @@ def inmerge_params(s: dict, seed: int, **overrides) -> dict[str, Any]:
     return params
 
 
-def backbone_run(s: dict, dataset: str, seed: int, model: str | None = None):
+def backbone_run(s: dict, dataset: str, seed: int, model: str | None = None) -> RunConfig:
     """The backbone :class:`~medsoup.runs.store.RunConfig`: ``backbone_epochs`` of multi-step training."""
-    from medsoup.runs.store import RunConfig
-
     train = TrainConfig(epochs=s["backbone_epochs"], batch_size=s["batch_size"], optimizer=s["optimizer"],
                         lr=s["lr"], weight_decay=s["weight_decay"], augment=s["augment"], schedule="multistep",
                         milestones=(0.5, 0.75), select_metric="auc", seed=seed)
@@ -99,7 +98,8 @@ def backbone_run(s: dict, dataset: str, seed: int, model: str | None = None):
                      train=train, train_subset=s["train_subset"])
 
 
-def finetune_run(s: dict, dataset: str, seed: int, model: str | None = None, merge: dict | None = None):
+def finetune_run(s: dict, dataset: str, seed: int, model: str | None = None,
+                 merge: dict | None = None) -> RunConfig:
     """``merge_epochs`` more from the backbone at the constant ``finetune_lr``: with InMerge when
     ``merge`` holds its parameters, the baseline when it is None. Both arms see the same batches."""
     backbone = backbone_run(s, dataset, seed, model)
@@ -124,8 +124,6 @@ def sweep(s: dict, variants: Mapping[str, dict], datasets: Sequence[str], seeds:
     record holds ``dataset``, ``seed``, ``setting`` (the label), the overrides, the ``baseline`` and
     ``inmerge`` test metrics, the mean ``merge_rate`` and the ``runs`` (RunResults).
     """
-    from medsoup.runs.store import run_key, run_many
-
     jobs = [(d, seed, label, protocol(s, d, seed, model, **params))
             for d in datasets for seed in seeds for label, params in variants.items()]
     for arms in (("backbone",), ("baseline", "inmerge")):
@@ -167,8 +165,8 @@ def long_rows(records: Sequence[dict], **columns) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def comparison(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
-               by: str | Sequence[str] = "dataset") -> pd.DataFrame:
+def versus_baseline(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
+                    by: str | Sequence[str] = "dataset") -> pd.DataFrame:
     """InMerge against the baseline per group of ``by`` (:func:`medsoup.chapters.tables.paired` over
     :func:`long_rows`), with the mean ``merge_rate`` of the InMerge runs."""
     return paired(long_rows(records), [PAIR], list(metrics), by=by, extra=("merge_rate",))
@@ -186,7 +184,7 @@ def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.Dat
 
 
 def tally(table: pd.DataFrame, metric: str = "auc") -> str:
-    """How many settings of :func:`comparison` raise or lower ``metric`` significantly (95% CI), and
+    """How many settings of :func:`versus_baseline` raise or lower ``metric`` significantly (95% CI), and
     how many of the raw significant ones keep an adjusted p-value below 0.05 (Benjamini-Hochberg over
     the table's comparisons)."""
     rows = table[table["metric"] == metric]

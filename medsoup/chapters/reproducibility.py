@@ -5,14 +5,13 @@ each chapter shows at its top."""
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import json
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from medsoup.runs.provenance import package_versions
+from medsoup.runs.provenance import PACKAGES, package_versions
 
 #: Chapter -> its settings table ``{profile: {setting: value}}`` as "module:attribute".
 PROFILE_TABLES = {"Baseline (quickstart)": "medsoup.chapters.baselines:BASELINE", "InMerge": "medsoup.chapters.inmerge:INMERGE",
@@ -33,12 +32,7 @@ def pinned_versions(constraints: str | Path) -> dict[str, str]:
 
 def versions_table(constraints: str | Path) -> pd.DataFrame:
     """Installed and pinned version of Python, the libraries and the book's toolchain."""
-    installed = package_versions()
-    for name in TOOLCHAIN:
-        try:
-            installed[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            installed[name] = "not installed"
+    installed = package_versions(PACKAGES + TOOLCHAIN)
     pins = pinned_versions(constraints)
     return pd.DataFrame([{"package": name, "installed": version,
                           "pinned in constraints.txt": pins.get(name.lower(), "(interpreter)" if name == "python" else "-")}

@@ -16,11 +16,18 @@ STYLE = {"figure.dpi": 110, "savefig.dpi": 150, "axes.spines.top": False, "axes.
          "axes.grid": True, "grid.alpha": 0.3, "font.size": 10}
 
 
-def figure(nrows: int = 1, ncols: int = 1, width: float = 4.2, height: float = 3.2, **kwargs):
-    """``(fig, axes)`` with the book's style; ``width``/``height`` are per panel, in inches."""
+def figure(nrows: int = 1, ncols: int = 1, width: float = 4.2, height: float = 3.2, flat: bool = False,
+           **kwargs):
+    """``(fig, axes)`` with the book's style; ``width``/``height`` are per panel, in inches.
+
+    ``axes`` is one ``Axes`` for a single panel, else a ``(nrows, ncols)`` array; with ``flat=True``
+    it is always a 1-D array of the panels, row by row (one panel per item of a loop).
+    """
     matplotlib.rcParams.update(STYLE)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
                              layout="constrained", **kwargs)
+    if flat:
+        return fig, axes.ravel()
     return fig, (axes[0, 0] if nrows == ncols == 1 else axes)
 
 

@@ -29,8 +29,7 @@ def landscape_panel(ax, scape: Landscape, metric: str = "acc", labels: Sequence[
 
 def landscapes(scapes: Mapping[str, Landscape], metric: str = "acc", labels: Sequence[str] = ("best", "2nd", "3rd")):
     """One panel per entry of ``scapes`` (title: its key)."""
-    fig, axes = figure(1, len(scapes), width=3.8, height=3.2)
-    axes = np.atleast_1d(axes).ravel()
+    fig, axes = figure(1, len(scapes), width=3.8, height=3.2, flat=True)
     for ax, (title, scape) in zip(axes, scapes.items()):
         landscape_panel(ax, scape, metric, labels, title)
     return fig

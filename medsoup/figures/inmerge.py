@@ -41,8 +41,7 @@ def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: 
     layers = list(sims[labels[0]])
     ncols = min(3, len(layers))
     nrows = int(np.ceil(len(layers) / ncols))
-    fig, axes = figure(nrows, ncols, width=3.3, height=2.5)
-    axes = np.atleast_1d(axes).ravel()
+    fig, axes = figure(nrows, ncols, width=3.3, height=2.5, flat=True)
     colours = sns.color_palette("deep", len(labels))
     for index, (ax, layer) in enumerate(zip(axes, layers)):
         bins = np.linspace(-1, 1, 81)
@@ -59,7 +58,7 @@ def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: 
 
 def comparison_bars(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = "dataset"):
     """Baseline and InMerge means with standard deviations per group of
-    :func:`medsoup.chapters.inmerge.comparison` (labelled by the ``by`` columns), the paired difference
+    :func:`medsoup.chapters.inmerge.versus_baseline` (labelled by the ``by`` columns), the paired difference
     written above each group."""
     rows = table[table["metric"] == metric].reset_index(drop=True)
     keys = (by,) if isinstance(by, str) else tuple(by)
@@ -86,13 +85,12 @@ def ablation_lines(table: pd.DataFrame, x: str, metric: str = "auc", hue: str | 
     """InMerge test ``metric`` (mean +- std over seeds) against setting ``x``, one line per ``hue``
     value, the baseline as a horizontal band; one panel per dataset unless ``ax`` is given.
 
-    ``table``: rows of :func:`medsoup.chapters.inmerge.comparison` grouped by ``("dataset", x[, hue])``.
+    ``table``: rows of :func:`medsoup.chapters.inmerge.versus_baseline` grouped by ``("dataset", x[, hue])``.
     """
     rows = table[table["metric"] == metric]
     datasets = list(dict.fromkeys(rows["dataset"]))
     if ax is None:
-        fig, axes = figure(1, len(datasets), width=3.6, height=2.9)
-        axes = np.atleast_1d(axes).ravel()
+        fig, axes = figure(1, len(datasets), width=3.6, height=2.9, flat=True)
     else:
         axes = [ax]
     groups = list(dict.fromkeys(rows[hue])) if hue else [None]

@@ -2,7 +2,10 @@
 
 - :mod:`medsoup.runs.store`: run configs, the run cache keyed on config and code, ``run``/``run_many``;
 - :mod:`medsoup.runs.provenance`: code version, package versions and machine of a result;
-- :mod:`medsoup.runs.profiles`: the ``smoke``/``cpu``/``paper`` profiles and settings tables;
+- :mod:`medsoup.runs.builders`: the models a run can start from besides ``create_model`` (MedMerge's);
+- :mod:`medsoup.runs.cli`: ``python -m medsoup.runs list|show|diff|rm`` over the run store;
+- :mod:`medsoup.runs.profiles`: the ``smoke``/``cpu``/``paper`` profiles and ``settings``, which
+  resolves a chapter's settings table (the tables live in :mod:`medsoup.chapters`);
 - :mod:`medsoup.runs.results`: the results file every notebook writes (one envelope, long rows),
   and where: only the reference run writes ``results/<stem>/<profile>.json``.
 

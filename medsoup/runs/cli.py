@@ -25,13 +25,13 @@ from medsoup.core import checkpoint as ckpt
 from medsoup.runs.store import cache_root, run_lock
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+def flat_fields(config: dict, prefix: str = "") -> dict[str, Any]:
     """``{"train": {"seed": 0}}`` -> ``{"train": "(config)", "train.seed": 0}``; lists and tuples as JSON text."""
     flat = {}
     for name, value in config.items():
         if isinstance(value, dict) and value and name != "builder_params":
             flat[f"{prefix}{name}"] = "(config)"
-            flat.update(flatten(value, f"{prefix}{name}."))
+            flat.update(flat_fields(value, f"{prefix}{name}."))
         else:
             flat[f"{prefix}{name}"] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
     return flat
@@ -79,11 +79,11 @@ def runs_in(cache: Path) -> list[dict[str, Any]]:
 
 
 def matches(run: dict[str, Any], filters: Iterable[str]) -> bool:
-    flat = {**flatten(run["config"]), "state": run["state"].split()[0]}
+    flat = {**flat_fields(run["config"]), "state": run["state"].split()[0]}
     for text in filters:
         name, _, wanted = text.partition("=")
         if name not in flat:
-            raise ValueError(f"unknown filter field {name!r}; valid: state, {', '.join(sorted(flatten(run['config'])))}")
+            raise ValueError(f"unknown filter field {name!r}; valid: state, {', '.join(sorted(flat_fields(run['config'])))}")
         if str(flat[name]) != wanted:
             return False
     return True
@@ -105,7 +105,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     columns = ["key", "dataset", "model", "method", "seed", "state", "metric", "val", "test", "wall_s", "size"]
     cells = [[cell(r[c], 1 if c == "wall_s" else 4) if c != "size" else f"{r['size'] / 2**20:.2f} MiB"
               for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip()
                      for line in [columns, *cells])
 
@@ -125,7 +125,7 @@ def show(folder: Path) -> str:
 
 
 def diff(a: Path, b: Path) -> str:
-    left, right = flatten(describe(a)["config"]), flatten(describe(b)["config"])
+    left, right = flat_fields(describe(a)["config"]), flat_fields(describe(b)["config"])
     names = sorted(set(left) | set(right))
     changed = [(n, left.get(n, "(absent)"), right.get(n, "(absent)")) for n in names if left.get(n) != right.get(n)]
     parents = {n for n, x, y in changed if "(config)" in (x, y)}  # a config on one side only: its fields once

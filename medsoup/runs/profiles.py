@@ -8,6 +8,7 @@ Each chapter keeps a table ``{profile: {setting: value}}``; notebooks take flat 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,10 +56,12 @@ def check_kind(name: str, value: Any, example: Any) -> None:
                      f"got {value!r}, a {_KINDS.get(got, got)}{hint}")
 
 
-def settings(table: dict[str, dict[str, Any]], profile: str, **overrides) -> dict[str, Any]:
+def settings(table: dict[str, dict[str, Any]], profile: str, choices: Mapping[str, Sequence] | None = None,
+             **overrides) -> dict[str, Any]:
     """The profile's settings from ``table`` with every non-None override applied.
 
-    An override the table does not know raises an error listing the known settings. The result
+    An override the table does not know raises an error listing the known settings; so does a
+    setting named in ``choices`` (setting -> its valid values) whose value is not one of them. The result
     also holds ``profile`` and ``overrides``: the settings that differ from the profile's row (a
     list and a tuple of the same values do not differ), so :func:`medsoup.runs.results.write_results`
     can tell a reference run from a run with changed parameters.
@@ -72,6 +75,9 @@ def settings(table: dict[str, dict[str, Any]], profile: str, **overrides) -> dic
             check_kind(name, value, base[name])
     changed = {k: v for k, v in overrides.items() if v is not None and _canonical(v) != _canonical(base[k])}
     base.update(changed)
+    for name, valid in (choices or {}).items():
+        if base[name] not in valid:
+            raise ValueError(f"unknown {name} {base[name]!r}; valid: {', '.join(map(str, valid))}")
     base["profile"] = resolve_profile(profile)
     base["overrides"] = changed
     return base

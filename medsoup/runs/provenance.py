@@ -32,7 +32,7 @@ def _medsoup_imports(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names if alias.name.startswith("medsoup."))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "medsoup":
             found.add(node.module)
-            # ``from medsoup import checkpoint`` imports a module, ``from medsoup.x import y`` a name
+            # ``from medsoup.core import checkpoint`` imports a module, ``from medsoup.core.data import x`` a name
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
@@ -94,9 +94,10 @@ def code_version(modules: tuple[str, ...] | None = None) -> str:
     return f"{medsoup.__version__}+{digest[:12]}"
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
+    """``{"python": version, name: version or "not installed"}`` for the distributions ``names``."""
     versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
