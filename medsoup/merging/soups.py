@@ -47,6 +47,8 @@ def greedy_soup(candidates: Sequence[StateDict], score_fn: ScoreFn,
     best one; each next candidate is added, in one pass, only if the average of the kept
     ingredients plus it scores strictly higher than the soup so far. ``candidate_scores`` (e.g.
     the runs' recorded validation scores) saves the ``len(candidates)`` individual evaluations.
+    Each candidate soup is ``(sum of the kept + theta_new) / (k + 1)`` from a running sum. When only
+    the best candidate is kept, the result's state holds that candidate's tensors (not copies).
     """
     candidates = list(candidates)
     if not candidates:
@@ -60,7 +62,7 @@ def greedy_soup(candidates: Sequence[StateDict], score_fn: ScoreFn,
     scores = [float(s) for s in candidate_scores]
     order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
     kept = [order[0]]
-    soup = {k: v.clone() for k, v in candidates[order[0]].items()}
+    soup = dict(candidates[order[0]])  # its tensors, so a state already scored is recognised as such
     best = scores[order[0]]
     total = _RunningSum.of(candidates[order[0]])
     bar = progress(order[1:], desc="greedy soup", leave=False)
