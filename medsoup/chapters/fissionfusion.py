@@ -324,8 +324,8 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
         state, evaluations, ingredients = soup(pools[pool], score)
         val = evaluator.metrics(state, "val")  # remembered when the soup scored this very state
         test = evaluator.metrics(state, "test")  # the state stays loaded (and recalibrated) from val
-        out[name] = MethodResult(state, val, test, evaluations, ingredients,
-                                 bn_statistics(model) if recalibrate else None)
+        statistics = bn_statistics(evaluator.load(state)) if recalibrate else None  # loaded unless both were known
+        out[name] = MethodResult(state, val, test, evaluations, ingredients, statistics)
     return out
 
 
