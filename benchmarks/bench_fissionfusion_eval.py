@@ -103,17 +103,29 @@ def main() -> None:
     print(f"code {code_version()}, machine {machine()}")
     print(f"zoo training time (recorded wall time of its {len(runs)} runs, pre-training and warm-up included): "
           f"{training:.1f} s")
+    network = type(zoo.grid[0].load_model())
+    images = [0]
+
+    def count(module, inputs):  # images through the whole network: the forward work, whatever the load
+        if type(module) is network:
+            images[0] += len(inputs[0])
+
+    torch.nn.modules.module.register_module_forward_pre_hook(count)
     times = {"medsoup": [], "reference": []}
+    cpu = {"medsoup": [], "reference": []}
+    work = {}
     agree = True
     for repeat in range(args.repeats):
         order = ("medsoup", "reference") if repeat % 2 == 0 else ("reference", "medsoup")
         outputs = {}
         for name in order:
             step = medsoup_step if name == "medsoup" else reference_step
-            start = time.perf_counter()
+            start, start_cpu, images[0] = time.perf_counter(), time.process_time(), 0
             outputs[name] = [step(zoo, data, metric, recalibrate, s["corruptions"], s["severity"])
                              for recalibrate in (False, True)]
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+            work[name] = images[0]
         for (ours, ours_ood), (ref, ref_ood) in zip(outputs["medsoup"], outputs["reference"]):
             for method, r in ours.items():
                 agree &= _same(r.val, ref[method][1]) and _same(r.test, ref[method][2])
@@ -124,6 +136,11 @@ def main() -> None:
           f"({100 * slow / training:.1f}%); speed-up {slow / fast:.2f}x")
     print(f"all repeats: medsoup {', '.join(f'{t:.1f}' for t in times['medsoup'])} s; "
           f"reference {', '.join(f'{t:.1f}' for t in times['reference'])} s")
+    fast_cpu, slow_cpu = statistics.median(cpu["medsoup"]), statistics.median(cpu["reference"])
+    print(f"process CPU time (less sensitive to other jobs), median: medsoup {fast_cpu:.1f} s, reference "
+          f"{slow_cpu:.1f} s; ratio {slow_cpu / fast_cpu:.2f}x")
+    print(f"images through the network: medsoup {work['medsoup']}, reference {work['reference']} "
+          f"({work['reference'] / work['medsoup']:.2f}x)")
     print(f"numbers identical (val, test and OOD metrics of every method, both BN modes): {agree}")
 
 
