@@ -6,9 +6,12 @@ batches. Reference (a straightforward implementation): per point, ``copy.deepcop
 model, a per-key state-dict combination, ``torch.optim.swa_utils.update_bn`` over a DataLoader
 of the training images (same batch size), then evaluation. The reference runs on ``--ref-points``
 grid points sampled at random (the full grid would double the run time); its per-point time is
-compared with medsoup's on the same points, the two timed alternately point by point so that a
-shared machine's changing load affects both alike, and the numbers are checked to agree.
-``--no-full`` skips the full-grid timing.
+compared with medsoup's on the same points, the two timed alternately point by point (each going
+first at every other point) so that a
+shared machine's changing load affects both alike, and the numbers are checked to agree. The time
+spent inside the model's forward passes (recalibration and evaluation; a hook on the model) is
+reported for both, and the rest (copies, state-dict arithmetic, data handling, metrics) as a
+fraction of each one's time. ``--no-full`` skips the full-grid timing.
 
     MEDSOUP_DATA=... python benchmarks/bench_landscape.py [--points 21] [--ref-points 42]
 """
@@ -78,25 +81,44 @@ def main() -> None:
     loader = DataLoader(TensorDataset(images), batch_size=256, shuffle=False)
     batches = train_images(data, model)
     mixer = StateMixer(model, states, keys)
-    fast_time = ref_time = 0.0
+    forward = [0.0, None]  # seconds inside the model's forward, start of the current call
+
+    def enter(module, inputs):
+        forward[1] = time.perf_counter()
+
+    def leave(module, inputs, output):
+        forward[0] += time.perf_counter() - forward[1]
+
+    model.register_forward_pre_hook(enter)
+    model.register_forward_hook(leave)  # copied along with the model by the reference's deepcopy
+    fast_time = ref_time = fast_forward = ref_forward = 0.0
     differences = []
-    for c in coefficients:
-        start = time.perf_counter()
-        mixer.load(c)
-        recalibrate_bn(model, batches)
-        ours = evaluate(model, data, "val")["loss"]
-        fast_time += time.perf_counter() - start
-        start = time.perf_counter()
-        point = sd.weighted_sum(states, c)
-        reference = copy.deepcopy(model)
-        reference.load_state_dict({k: point[k] if k in keys else states[0][k] for k in point})
-        update_bn(loader, reference)
-        theirs = evaluate(reference, data, "val")["loss"]
-        ref_time += time.perf_counter() - start
+    for index, c in enumerate(coefficients):
+        for name in ("medsoup", "reference") if index % 2 == 0 else ("reference", "medsoup"):  # alternate who goes first
+            forward[0] = 0.0
+            start = time.perf_counter()
+            if name == "medsoup":
+                mixer.load(c)
+                recalibrate_bn(model, batches)
+                ours = evaluate(model, data, "val")["loss"]
+                fast_time += time.perf_counter() - start
+                fast_forward += forward[0]
+            else:
+                point = sd.weighted_sum(states, c)
+                reference = copy.deepcopy(model)
+                reference.load_state_dict({k: point[k] if k in keys else states[0][k] for k in point})
+                update_bn(loader, reference)
+                theirs = evaluate(reference, data, "val")["loss"]
+                ref_time += time.perf_counter() - start
+                ref_forward += forward[0]
         differences.append(abs(ours - theirs))
     n = len(coefficients)
     print(f"interleaved on {n} sampled points: medsoup {1000 * fast_time / n:.1f} ms/point, reference "
           f"(deepcopy + state-dict arithmetic + update_bn) {1000 * ref_time / n:.1f} ms/point")
+    print(f"time outside the forward passes: medsoup {1000 * (fast_time - fast_forward) / n:.1f} ms/point "
+          f"({100 * (1 - fast_forward / fast_time):.1f}% of its time), reference "
+          f"{1000 * (ref_time - ref_forward) / n:.1f} ms/point ({100 * (1 - ref_forward / ref_time):.1f}%); "
+          f"forward passes {1000 * fast_forward / n:.1f} vs {1000 * ref_forward / n:.1f} ms/point")
     print(f"speed-up (reference / medsoup): {ref_time / fast_time:.2f}x; full grid at these rates: medsoup "
           f"{fast_time / n * args.points ** 2:.0f} s, reference {ref_time / n * args.points ** 2:.0f} s")
     print(f"agreement: max |val loss difference| = {max(differences):.2e}")

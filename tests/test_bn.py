@@ -7,6 +7,7 @@ import copy
 import torch
 from torch.optim.swa_utils import update_bn
 
+from medsoup.core import bn
 from medsoup.core.bn import evaluate_state, recalibrate_bn, train_images
 from medsoup.core.models import create_model
 from medsoup.merging import statedict as sd
@@ -53,3 +54,31 @@ def test_evaluate_state_with_and_without_recalibration():
     recal = evaluate_state(model, soup, data, "val", recalibrate=True)
     assert set(plain) >= {"acc", "auc", "f1", "loss"} and set(recal) == set(plain)
     assert not torch.allclose(model.features[1].running_var, soup["features.1.running_var"])
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Equal metric dicts, NaN equal to NaN (tiny splits can have an undefined AUC)."""
+    return a.keys() == b.keys() and all(x == y or (x != x and y != y) for x, y in ((a[k], b[k]) for k in a))
+
+
+def test_state_evaluator_matches_evaluate_state_and_recalibrates_once_per_state(monkeypatch):
+    data = tiny(n=32)
+    states = [_model().state_dict(), create_model("smallcnn", 2, in_chans=1).state_dict()]
+    expected = {(i, split): evaluate_state(_model(), s, data, split, recalibrate=True)
+                for i, s in enumerate(states) for split in ("val", "test", "train")}
+    calls = []
+    monkeypatch.setattr(bn, "recalibrate_bn", lambda model, batches: calls.append(1) or recalibrate_bn(model, batches))
+    model = _model()
+    evaluator = bn.StateEvaluator(model, data, recalibrate=True)
+    for i, s in enumerate(states):
+        assert _same(evaluator.metrics(s, "val"), expected[i, "val"])
+        assert _same(evaluator.metrics(s, "test"), expected[i, "test"])
+    assert len(calls) == 2  # one recalibration per state, shared by its two splits
+    assert _same(evaluator.metrics(states[0], "test"), expected[0, "test"]) and len(calls) == 2  # remembered
+    statistics = bn.bn_statistics(model)
+    assert set(statistics) == {k for k in model.state_dict() if "running" in k or "num_batches" in k}
+    evaluate_state(model, states[0], data)  # written to from outside: the evaluator reloads states[1]
+    assert _same(evaluator.metrics(states[1], "train"), expected[1, "train"]) and len(calls) == 3
+    other = bn.StateEvaluator(_model(), data, recalibrate=True)
+    other.load(states[1], statistics)  # known statistics instead of a recalibration
+    assert len(calls) == 3 and _same(other.metrics(states[1], "test"), expected[1, "test"])

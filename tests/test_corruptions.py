@@ -36,3 +36,13 @@ def test_corrupted_replaces_only_the_split():
         corrupt(data.splits["test"].images, "fog")
     with pytest.raises(ValueError, match="severity"):
         corrupt(data.splits["test"].images, "pixelate", 6)
+
+
+def test_corrupted_sets_are_made_once_per_images_and_corruption():
+    data = tiny(n=8)
+    first = corrupted(data, "gaussian_noise", 2)
+    assert corrupted(data, "gaussian_noise", 2) is first
+    assert corrupted(data, "gaussian_noise", 3) is not first and corrupted(data, "pixelate", 2) is not first
+    assert torch.equal(first.splits["test"].images, corrupt(data.splits["test"].images, "gaussian_noise", 2))
+    other = tiny(n=8)  # equal content, other tensors: made anew
+    assert corrupted(other, "gaussian_noise", 2) is not first

@@ -8,6 +8,8 @@ import pytest
 from medsoup.chapters import fissionfusion as ff
 from medsoup.chapters import tables
 from medsoup.chapters.fissionfusion import FISSIONFUSION
+from medsoup.core.bn import evaluate_state
+from medsoup.core.corruptions import corrupted
 from medsoup.core.data import load_dataset
 from medsoup.core.models import create_model
 from medsoup.runs.profiles import settings
@@ -65,3 +67,16 @@ def test_pipeline_on_a_tiny_zoo():
     assert len(rows) == len(results) and rows[0]["ood_auc"] == ood[rows[0]["method"]]["gaussian_noise"]["auc"]
     per_corruption = ff.ood_rows("breastmnist", 0, True, ood)
     assert len(per_corruption) == len(results) and per_corruption[0]["corruption"] == "gaussian_noise"
+    # the shared loads, recalibrations and corrupted sets change no number: the straightforward evaluation agrees
+    shifted = corrupted(data, "gaussian_noise", 3)
+    for name, result in results.items():
+        for split in ("val", "test"):
+            assert _same(getattr(result, split), evaluate_state(model, result.state, data, split, True)), name
+        assert _same(ood[name]["gaussian_noise"], evaluate_state(model, result.state, shifted, "test", True)), name
+    stored = ff.soup_methods(zoo, data, "auc", methods=("GoG",))
+    plain = ff.ood_metrics(model, stored, data, ("gaussian_noise",), 3)
+    assert _same(plain["GoG"]["gaussian_noise"], evaluate_state(model, stored["GoG"].state, shifted, "test"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(x == y or (x != x and y != y) for x, y in ((a[k], b[k]) for k in a))

@@ -18,13 +18,13 @@ from typing import Any, Callable
 import torch
 
 from medsoup.chapters.tables import row, scalars
-from medsoup.core.bn import evaluate_state, train_images
+from medsoup.core.bn import StateEvaluator, bn_statistics
 from medsoup.core.corruptions import corrupted
 from medsoup.core.data import MedData
 from medsoup.core.progress import progress
 from medsoup.core.train import TrainConfig
 from medsoup.merging.fgg import fgg_epochs
-from medsoup.merging.soups import ScoreFn, greedy_soup, hierarchical_soup, state_scorer, uniform_soup
+from medsoup.merging.soups import ScoreFn, greedy_soup, hierarchical_soup, uniform_soup
 from medsoup.runs.profiles import CPU_DATASETS
 from medsoup.runs.store import RunConfig, RunResult, run, run_many
 
@@ -211,11 +211,15 @@ def generate_zoo(s: dict, dataset: str, seed: int, executor=None, progress: bool
 
 @dataclass
 class MethodResult:
+    """One method's soup ``state``, its metrics, evaluations and ingredients; ``statistics``: its
+    recomputed BatchNorm buffers when :func:`soup_methods` recalibrated (reused by :func:`ood_metrics`)."""
+
     state: dict[str, torch.Tensor]
     val: dict
     test: dict
     evaluations: int
     ingredients: int
+    statistics: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -296,8 +300,8 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SOUPS)}")
     model = zoo.grid[0].load_model()
-    score = state_scorer(model, data, metric, recalibrate=recalibrate)
-    bn = train_images(data, model) if recalibrate else False
+    evaluator = StateEvaluator(model, data, recalibrate)
+    score = evaluator.scorer(metric)
     grid_states = [r.load_state() for r in zoo.grid]
     grid_scores = [score(s) for s in grid_states] if recalibrate else [r.val[metric] for r in zoo.grid]
     grid_evaluations = len(grid_states) if recalibrate else 0
@@ -318,8 +322,10 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
         bar.set_postfix_str(name)
         pool, soup = SOUPS[name]
         state, evaluations, ingredients = soup(pools[pool], score)
-        val = evaluate_state(model, state, data, "val", bn)
-        out[name] = MethodResult(state, val, evaluate_state(model, state, data, "test", bn), evaluations, ingredients)
+        val = evaluator.metrics(state, "val")  # remembered when the soup scored this very state
+        test = evaluator.metrics(state, "test")  # the state stays loaded (and recalibrated) from val
+        statistics = bn_statistics(evaluator.load(state)) if recalibrate else None  # loaded unless both were known
+        out[name] = MethodResult(state, val, test, evaluations, ingredients, statistics)
     return out
 
 
@@ -327,15 +333,18 @@ def ood_metrics(model, results: dict[str, MethodResult], data: MedData, corrupti
                 severity: int, recalibrate: bool = False) -> dict[str, dict[str, dict]]:
     """Test metrics of each method's state (loaded into ``model``) on each corrupted test set.
     With ``recalibrate``, BatchNorm statistics are recomputed on the clean training split first,
-    as in :func:`soup_methods`."""
-    bn = train_images(data, model) if recalibrate else False
+    as in :func:`soup_methods` (or taken from its results' ``statistics``), once per method; each
+    corrupted test set is made once (:func:`~medsoup.core.corruptions.corrupted` caches it)."""
+    shifted = {corruption: corrupted(data, corruption, severity) for corruption in corruptions}
+    known = all(r.statistics is not None for r in results.values())
+    evaluator = StateEvaluator(model, data, recalibrate and not known)
     out: dict[str, dict[str, dict]] = {name: {} for name in results}
     bar = progress(desc="OOD evaluation", total=len(corruptions) * len(results))
-    for corruption in corruptions:
-        shifted = corrupted(data, corruption, severity)
-        for name, result in results.items():
-            bar.set_postfix_str(f"{corruption}: {name}")
-            out[name][corruption] = evaluate_state(model, result.state, shifted, "test", bn)
+    for name, result in results.items():
+        evaluator.load(result.state, result.statistics if recalibrate and known else None)
+        for corruption, shifted_data in shifted.items():
+            bar.set_postfix_str(f"{name}: {corruption}")
+            out[name][corruption] = evaluator.metrics(result.state, "test", shifted_data)
             bar.update()
     bar.close()
     return out

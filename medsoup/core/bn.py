@@ -6,11 +6,14 @@ them with one pass over the training data; FissionFusion's public code has the h
 calls it. :func:`recalibrate_bn` does that pass in place on the given model: statistics reset,
 ``momentum=None`` (a cumulative average over batches, as ``torch.optim.swa_utils.update_bn``),
 only BatchNorm layers in training mode (dropout and the like stay off), no deep copy.
+:class:`StateEvaluator` evaluates many states with one model, loading (and recalibrating) each
+state once however many splits or corrupted test sets it is evaluated on.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+import weakref
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -85,3 +88,78 @@ def evaluate_state(model: nn.Module, state: Mapping[str, torch.Tensor], data: Me
     if recalibrate is not False:
         recalibrate_bn(model, data if recalibrate is True else recalibrate)
     return evaluate(model, data, split)
+
+
+def bn_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every BatchNorm buffer of ``model`` (running mean/var, batch counters), by state-dict key."""
+    names = {id(m): name for name, m in model.named_modules()}
+    return {f"{names[id(layer)]}.{key}": buffer.detach().clone()
+            for layer in batchnorm_layers(model) for key, buffer in layer.named_buffers(recurse=False)}
+
+
+class StateEvaluator:
+    """Metrics of many states with one ``model`` (reused, overwritten) on ``data``.
+
+    ``recalibrate``: False, True (BatchNorm statistics recomputed on ``data``'s training split
+    before a state is evaluated) or the batches to recompute them on. A state is loaded, and
+    recalibrated, once for consecutive evaluations of it (several splits, corrupted copies of the
+    data), and its metrics on ``data``'s own splits are remembered while its tensors live, so a
+    state scored during a soup and evaluated again afterwards costs one pass. States are recognised
+    by the identity of their tensors (do not change a state's tensors in place between calls); a
+    model written to in between (``load_state_dict``, an optimiser step: anything that bumps its
+    tensors' version counters, which writes through ``.data`` do not) is reloaded.
+    """
+
+    def __init__(self, model: nn.Module, data: MedData,
+                 recalibrate: bool | Iterable[torch.Tensor] = False):
+        self.model, self.data = model, data
+        self.batches = (train_images(data, model) if recalibrate is True
+                        else None if recalibrate is False else list(recalibrate))
+        self._loaded: tuple | None = None
+        self._known: dict[tuple, tuple[list, dict]] = {}
+
+    def load(self, state: Mapping[str, torch.Tensor],
+             statistics: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+        """Load ``state`` into the model and recalibrate it (or load its known ``statistics``,
+        from :func:`bn_statistics`), unless it is the state loaded last; return the model."""
+        key = _identity(state)
+        if self._loaded is None or not _alive(self._loaded[:2], key) or self._loaded[2] != self._versions():
+            load_state_into(self.model, state)
+            if statistics is not None:
+                self.model.load_state_dict(statistics, strict=False)
+            elif self.batches is not None:
+                recalibrate_bn(self.model, self.batches)
+            self._loaded = (key, [weakref.ref(t) for t in state.values()], self._versions())
+        return self.model
+
+    def _versions(self) -> tuple[int, ...]:
+        """The model tensors' in-place modification counters: they change if anything else writes into it."""
+        return tuple(t._version for t in self.model.state_dict().values())
+
+    def metrics(self, state: Mapping[str, torch.Tensor], split: str = "val", data: MedData | None = None) -> dict:
+        """:func:`~medsoup.core.train.evaluate` of ``state`` on ``split`` of ``data`` (default: the
+        evaluator's data, whose results are remembered)."""
+        if data is not None and data is not self.data:
+            return evaluate(self.load(state), data, split)
+        key = (_identity(state), split)
+        known = self._known.get(key)
+        if known is not None and _alive((key[0], known[0]), key[0]):
+            return dict(known[1])
+        metrics = evaluate(self.load(state), self.data, split)
+        self._known = {k: v for k, v in self._known.items() if all(r() is not None for r in v[0])}
+        self._known[key] = ([weakref.ref(t) for t in state.values()], metrics)
+        return dict(metrics)
+
+    def scorer(self, metric: str, split: str = "val") -> Callable[[Mapping[str, torch.Tensor]], float]:
+        """``score(state)``: ``metric`` of ``state`` on ``split``."""
+        return lambda state: float(self.metrics(state, split)[metric])
+
+
+def _identity(state: Mapping[str, torch.Tensor]) -> tuple:
+    return tuple((k, id(v)) for k, v in state.items())
+
+
+def _alive(entry: tuple, key: tuple) -> bool:
+    """Whether ``entry`` (identity key, weak references) still names the live tensors of ``key``."""
+    recorded, refs = entry
+    return recorded == key and all(r() is not None for r in refs)

@@ -10,6 +10,8 @@ RetinaMNIST / PneumoniaMNIST entries; blur is re-parametrised as a Gaussian sigm
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -78,9 +80,33 @@ def corrupt(images: torch.Tensor, name: str, severity: int = 3, seed: int = 0) -
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).to(images.device)
 
 
+#: Corrupted data sets made so far: (id of the original images, corruption, severity, split, seed) ->
+#: (weak reference to the original images, the corrupted MedData); entries go when the images do.
+_MADE: dict[tuple, tuple[weakref.ref, MedData]] = {}
+
+
 def corrupted(data: MedData, name: str, severity: int = 3, split: str = "test", seed: int = 0) -> MedData:
-    """``data`` with ``split``'s images corrupted (labels and the other splits shared, unchanged)."""
+    """``data`` with ``split``'s images corrupted (labels and the other splits shared, unchanged).
+
+    Made once per images tensor, corruption, severity and seed, on the data's device: a later call
+    for the same (not modified in place) images returns the same object."""
+    original = data.splits[split]
+    key = (id(original.images), name, severity, split, seed)
+    made = _MADE.get(key)
+    if made is not None and made[0]() is original.images and _same_except(made[1], data, split):
+        return made[1]
     splits = dict(data.splits)
-    original = splits[split]
     splits[split] = Split(corrupt(original.images, name, severity, seed), original.labels)
-    return MedData(data.name, data.size, data.task, data.label_names, splits)
+    out = MedData(data.name, data.size, data.task, data.label_names, splits)
+    for stale in [k for k, (ref, _) in _MADE.items() if ref() is None]:
+        del _MADE[stale]
+    _MADE[key] = (weakref.ref(original.images), out)
+    return out
+
+
+def _same_except(made: MedData, data: MedData, split: str) -> bool:
+    """Whether ``made`` holds ``data``'s metadata, labels and every split but ``split``, as the same objects."""
+    return ((made.name, made.size, made.task, made.label_names) == (data.name, data.size, data.task, data.label_names)
+            and made.splits.keys() == data.splits.keys()
+            and all(made.splits[k].labels is s.labels and (k == split or made.splits[k].images is s.images)
+                    for k, s in data.splits.items()))

@@ -8,15 +8,15 @@ first, see :func:`state_scorer`). Every score computed is counted in ``evaluatio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from medsoup.core.bn import evaluate_state, train_images
+from medsoup.core.bn import StateEvaluator
 from medsoup.core.data import MedData
 from medsoup.core.progress import progress
-from medsoup.merging.statedict import StateDict, average
+from medsoup.merging.statedict import StateDict, average, check_compatible, is_float
 
 ScoreFn = Callable[[StateDict], float]
 LOCAL = ("uniform", "greedy")
@@ -47,6 +47,8 @@ def greedy_soup(candidates: Sequence[StateDict], score_fn: ScoreFn,
     best one; each next candidate is added, in one pass, only if the average of the kept
     ingredients plus it scores strictly higher than the soup so far. ``candidate_scores`` (e.g.
     the runs' recorded validation scores) saves the ``len(candidates)`` individual evaluations.
+    Each candidate soup is ``(sum of the kept + theta_new) / (k + 1)`` from a running sum. When only
+    the best candidate is kept, the result's state holds that candidate's tensors (not copies).
     """
     candidates = list(candidates)
     if not candidates:
@@ -60,17 +62,49 @@ def greedy_soup(candidates: Sequence[StateDict], score_fn: ScoreFn,
     scores = [float(s) for s in candidate_scores]
     order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
     kept = [order[0]]
-    soup = {k: v.clone() for k, v in candidates[order[0]].items()}
+    soup = dict(candidates[order[0]])  # its tensors, so a state already scored is recognised as such
     best = scores[order[0]]
+    total = _RunningSum.of(candidates[order[0]])
     bar = progress(order[1:], desc="greedy soup", leave=False)
     for index in bar:
         bar.set_postfix_str(f"candidate {index}, {len(kept)} kept, best {best:.4f}")
-        trial = average([candidates[i] for i in kept] + [candidates[index]])
+        trial_total = total.plus(candidates[index])
+        trial = trial_total.mean()
         score = float(score_fn(trial))
         evaluations += 1
         if score > best:
-            kept, soup, best = kept + [index], trial, score
+            kept, soup, best, total = kept + [index], trial, score, trial_total
     return SoupResult(soup, kept, best, scores, evaluations)
+
+
+class _RunningSum:
+    """The kept ingredients' element-wise sum (float entries, in float64 for float32 models, as
+    :func:`~medsoup.merging.statedict.weighted_sum`) and maximum (integer entries), so that a greedy
+    candidate soup ``(sum + theta_new) / (k + 1)`` costs one addition, not a re-average of all k kept
+    states. Summing before dividing rounds differently from ``average`` (which adds ``theta_i / n``):
+    in float64 the two differ by about 1e-16 relative, so the float32 soups agree to an ulp."""
+
+    def __init__(self, entries: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype], count: int):
+        self.entries, self.dtypes, self.count = entries, dtypes, count
+
+    @classmethod
+    def of(cls, state: StateDict) -> "_RunningSum":
+        return cls({k: v.to(_accumulator(v)) if is_float(v) else v for k, v in state.items()},
+                   {k: v.dtype for k, v in state.items()}, 1)
+
+    def plus(self, state: StateDict) -> "_RunningSum":
+        """The sum with ``state`` added (a new object; this one is unchanged)."""
+        check_compatible([self.entries, state])
+        entries = {k: v + state[k].to(v.dtype) if is_float(v) else torch.maximum(v, state[k])
+                   for k, v in self.entries.items()}
+        return _RunningSum(entries, self.dtypes, self.count + 1)
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {k: (v / self.count).to(self.dtypes[k]) if is_float(v) else v.clone() for k, v in self.entries.items()}
+
+
+def _accumulator(tensor: torch.Tensor) -> torch.dtype:
+    return torch.float64 if tensor.dtype in (torch.float32, torch.float64) else tensor.dtype
 
 
 @dataclass
@@ -114,10 +148,6 @@ def hierarchical_soup(groups: Sequence[Sequence[StateDict]], score_fn: ScoreFn, 
 def state_scorer(model: nn.Module, data: MedData, metric: str, split: str = "val",
                  recalibrate: bool = False) -> ScoreFn:
     """``score_fn(state)``: ``metric`` of ``state`` on ``split``, loaded into ``model`` (reused,
-    overwritten), after BatchNorm recalibration on the training split if ``recalibrate``."""
-    batches = train_images(data, model) if recalibrate else False
-
-    def score(state: Mapping[str, torch.Tensor]) -> float:
-        return float(evaluate_state(model, state, data, split, batches)[metric])
-
-    return score
+    overwritten), after BatchNorm recalibration on the training split if ``recalibrate``
+    (a :meth:`StateEvaluator.scorer <medsoup.core.bn.StateEvaluator.scorer>`)."""
+    return StateEvaluator(model, data, recalibrate).scorer(metric, split)
