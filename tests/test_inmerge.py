@@ -9,8 +9,9 @@ from torch import nn
 
 from medsoup.core.models import create_model
 from medsoup.core.train import Callback, TrainConfig, evaluate, fit
-from medsoup.merging.inmerge import InMerge, forward_conv_layers, merge_kernels, merge_layers, mergeable_convs
-from medsoup.merging.kernels import fraction_above, pairwise_cosine
+from medsoup.merging.inmerge import (InMerge, forward_conv_layers, merge_kernels, merge_layers, mergeable_convs,
+                                     quantile_taus)
+from medsoup.merging.kernels import fraction_above, off_diagonal, pairwise_cosine
 from tests.conftest import StopAfter, tiny
 
 
@@ -205,10 +206,41 @@ def test_first_layer_beyond_the_model_is_an_error():
             progress=False)
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+def test_quantile_thresholds_are_each_layers_own_similarity_quantiles():
+    torch.manual_seed(0)
+    layers = mergeable_convs(create_model("smallcnn", 2))
+    taus = quantile_taus(layers, 2, 0.9)
+    assert len(taus) == len(layers) - 2
+    for (_, conv), tau in zip(layers[2:], taus):
+        sims = off_diagonal(pairwise_cosine(conv.weight.detach()))
+        assert tau == pytest.approx(float(torch.quantile(sims.double(), 0.9)))
+        assert float((sims > tau).double().mean()) == pytest.approx(0.1, abs=0.02)
+    with pytest.raises(ValueError, match="tau_quantile"):
+        quantile_taus(layers, 2, 1.5)
+    with pytest.raises(ValueError, match="tau_quantile"):
+        InMerge(tau_quantile=-0.1)
+    with pytest.raises(ValueError, match="2 thresholds for 4 merged layers"):
+        merge_layers(layers, 2, tau=[0.1, 0.2], generator=gen())
+
+
+def test_a_median_threshold_merges_about_half_of_the_drawn_pairs_in_every_layer():
+    torch.manual_seed(0)
+    model, data = create_model("smallcnn", 2), tiny_data()
+    merge = InMerge(alpha=0.8, first_layer=2, p=1.0, tau_quantile=0.5, seed=0)
+    record = fit(model, data, probe_config(epochs=1), [merge], progress=False).history[0]
+    assert set(record["inmerge_tau"]) == {name for name, _ in mergeable_convs(model)[2:]}
+    assert 0.35 < record["inmerge_rate"] < 0.65  # pairs drawn at random: about half pass a median threshold
+    fixed = InMerge(alpha=0.8, first_layer=2, p=1.0, tau=0.3, seed=0)
+    torch.manual_seed(0)
+    assert fit(create_model("smallcnn", 2), data, probe_config(epochs=1), [fixed],
+               progress=False).history[0]["inmerge_rate"] < 0.05  # a from-scratch smallcnn: nearly orthogonal kernels
+
+
+@pytest.mark.parametrize("threshold", [dict(tau=-0.5), dict(tau_quantile=0.7)])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, threshold):
     config = TrainConfig(epochs=3, batch_size=32, augment="minimal", seed=0, device="cpu", restore_best=False)
     data = tiny_data()
-    params = dict(alpha=0.8, first_layer=2, p=0.5, tau=-0.5, seed=7)
+    params = dict(alpha=0.8, first_layer=2, p=0.5, seed=7, **threshold)
 
     torch.manual_seed(0)
     whole = create_model("smallcnn", 2)

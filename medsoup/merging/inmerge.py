@@ -25,6 +25,11 @@ Choices the paper leaves open, and what its public code got wrong (REFERENCE.md 
   evaluation too). The optimiser's moment estimates are left as they are.
 * One vectorised pass per layer, no ``.item()``: merge counts stay tensors until the epoch ends.
 * ``dissimilar=True`` merges pairs with ``sim < tau`` instead: the paper's "Dissimilar" ablation.
+* ``tau_quantile=q`` (not in the paper) replaces the fixed ``tau`` by one threshold per merged layer:
+  the ``q``-quantile of that layer's pairwise kernel similarities (Eq. (2)) when training starts, so
+  about ``1 - q`` of the drawn pairs pass in every layer (``q`` of them with ``dissimilar``). A fixed
+  ``tau = 0.3`` merges almost nothing in a network whose kernels are nearly orthogonal (a smallcnn
+  trained from scratch) and, in an ImageNet EfficientNet-Lite0, mostly its depthwise layers.
 
 The chapter's settings, protocol and result tables are in :mod:`medsoup.chapters.inmerge`.
 """
@@ -33,11 +38,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from medsoup.core.models import conv_layers
 from medsoup.core.train import Callback
+from medsoup.merging.kernels import off_diagonal, pairwise_cosine
 
 Layers = Sequence[tuple[str, nn.Conv2d]]
 #: Module-name prefixes of convolutions that are fully connected classifier layers (timm VGG).
@@ -111,21 +118,41 @@ def _merge_in_place(weight: torch.Tensor, alpha: float, p: float, tau: float,
     return n_merged
 
 
-def merge_layers(layers: Layers, first_layer: int, alpha: float = 0.8, p: float = 0.3, tau: float = 0.3,
-                 generator: torch.Generator | None = None, dissimilar: bool = False) -> dict[str, torch.Tensor]:
+def merge_layers(layers: Layers, first_layer: int, alpha: float = 0.8, p: float = 0.3,
+                 tau: float | Sequence[float] = 0.3, generator: torch.Generator | None = None,
+                 dissimilar: bool = False) -> dict[str, torch.Tensor]:
     """:func:`merge_kernels` applied in place to every layer of ``layers`` at index ``>= first_layer``.
 
     ``layers`` is the network's ``(name, Conv2d)`` list in forward order (see
-    :func:`forward_conv_layers`); returns layer name -> number of kernels merged (0-d tensors),
+    :func:`forward_conv_layers`); ``tau`` is one threshold for every merged layer or one per merged
+    layer (:func:`quantile_taus`). Returns layer name -> number of kernels merged (0-d tensors),
     for the merged layers only. Same random draws and results as :func:`merge_kernels`, without
     copying whole weights.
     """
-    check_params(alpha, p, tau, first_layer)
+    merged = list(layers)[first_layer:]
+    taus = [tau] * len(merged) if isinstance(tau, (int, float)) else list(tau)
+    if len(taus) != len(merged):
+        raise ValueError(f"InMerge got {len(taus)} thresholds for {len(merged)} merged layers")
+    for value in taus:
+        check_params(alpha, p, value, first_layer)
     counts = {}
     with torch.no_grad():
-        for name, conv in list(layers)[first_layer:]:
-            counts[name] = _merge_in_place(conv.weight, alpha, p, tau, generator, dissimilar)
+        for (name, conv), layer_tau in zip(merged, taus):
+            counts[name] = _merge_in_place(conv.weight, alpha, p, layer_tau, generator, dissimilar)
     return counts
+
+
+@torch.no_grad()
+def quantile_taus(layers: Layers, first_layer: int, q: float) -> list[float]:
+    """Per merged layer, the ``q``-quantile of its pairwise kernel similarities (Eq. (2), all pairs
+    ``i != j``): a threshold that a fraction of about ``1 - q`` of uniformly drawn pairs passes."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"InMerge tau_quantile must lie in [0, 1], got {q!r}")
+    taus = []
+    for _, conv in list(layers)[first_layer:]:
+        similarities = off_diagonal(pairwise_cosine(conv.weight.detach().float().cpu())).double().numpy()
+        taus.append(float(np.quantile(similarities, q)) if similarities.size else 1.0)
+    return taus
 
 
 class ConvCallOrder:
@@ -178,15 +205,20 @@ class InMerge(Callback):
 
     The layer order is recorded during the first training batch's forward pass. Each epoch
     record gets ``inmerge_merged`` (layer name -> kernels merged during the epoch) and
-    ``inmerge_rate`` (merged kernels / kernel draws in the merged layers). The callback's own
-    generator (seeded by ``seed``) is saved by ``state_dict`` so a resumed run merges exactly as
-    an uninterrupted one.
+    ``inmerge_rate`` (merged kernels / kernel draws in the merged layers), and with
+    ``tau_quantile`` also ``inmerge_tau`` (layer name -> its threshold, fixed at the first step).
+    The callback's own generator (seeded by ``seed``) and those thresholds are saved by
+    ``state_dict``, so a resumed run merges exactly as an uninterrupted one.
     """
 
     def __init__(self, alpha: float = 0.8, first_layer: int = 10, p: float = 0.3, tau: float = 0.3,
-                 seed: int = 0, dissimilar: bool = False):
+                 seed: int = 0, dissimilar: bool = False, tau_quantile: float | None = None):
         check_params(alpha, p, tau, first_layer)
+        if tau_quantile is not None and not 0.0 <= tau_quantile <= 1.0:
+            raise ValueError(f"InMerge tau_quantile must lie in [0, 1], got {tau_quantile!r}")
         self.alpha, self.first_layer, self.p, self.tau = alpha, int(first_layer), p, tau
+        self.tau_quantile = tau_quantile
+        self.taus: list[float] | None = None  # per merged layer, with tau_quantile
         self.dissimilar = bool(dissimilar)
         self.generator = torch.Generator().manual_seed(seed)
         self.layers: list[tuple[str, nn.Conv2d]] | None = None
@@ -208,8 +240,10 @@ class InMerge(Callback):
     def on_step_end(self, model: nn.Module, step: int) -> None:
         if self.layers is None:
             self.layers = self._recorder.stop()
-        counts = merge_layers(self.layers, self.first_layer, self.alpha, self.p, self.tau, self.generator,
-                              self.dissimilar)
+        if self.tau_quantile is not None and self.taus is None:
+            self.taus = quantile_taus(self.layers, self.first_layer, self.tau_quantile)
+        counts = merge_layers(self.layers, self.first_layer, self.alpha, self.p,
+                              self.tau if self.taus is None else self.taus, self.generator, self.dissimilar)
         for name, count in counts.items():
             self._merged[name] = self._merged.get(name, 0) + count
         self._draws += sum(conv.weight.shape[0] for _, conv in self.layers[self.first_layer:])
@@ -218,6 +252,8 @@ class InMerge(Callback):
         merged = {name: int(count) for name, count in self._merged.items()}
         record["inmerge_merged"] = merged
         record["inmerge_rate"] = sum(merged.values()) / self._draws if self._draws else 0.0
+        if self.taus is not None:
+            record["inmerge_tau"] = {name: tau for (name, _), tau in zip(self.layers[self.first_layer:], self.taus)}
         self._reset_counts()
 
     def on_fit_end(self, model: nn.Module) -> None:
@@ -225,8 +261,13 @@ class InMerge(Callback):
             self._recorder.stop()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
+        state = {"generator": self.generator.get_state()}
+        if self.taus is not None:
+            state["taus"] = torch.tensor(self.taus, dtype=torch.float64)
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "generator" in state:
             self.generator.set_state(state["generator"])
+        if "taus" in state:
+            self.taus = state["taus"].tolist()
