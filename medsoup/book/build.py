@@ -54,7 +54,6 @@ from medsoup.core.paths import project_root
 
 EXECUTED_DIR = "book/executed"
 STAMP_SUFFIX = ".stamp"
-TIMINGS_DIR = "timings"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 #: papermill's tag on the cell it injects with the execution's parameters, and the Jupyter Book
 #: tag that folds that cell in the page (collapsed, one click shows the values used).
@@ -124,6 +123,7 @@ def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str
     as the run keys see them: :func:`~medsoup.runs.provenance.code_digest`, docstrings and comments
     left out)."""
     from medsoup.runs.provenance import code_digest
+    from medsoup.runs.results import timings_path
 
     h = hashlib.sha256()
 
@@ -143,7 +143,7 @@ def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str
         # when they change.
         profile = parameters.get("profile", "")
         for path in sorted((root / "results").glob(f"*/{profile}.json")):
-            if path.parent.name not in (source.stem, TIMINGS_DIR):
+            if path.parent.name not in (source.stem, timings_path(profile).parent.name):
                 add(path.relative_to(root).as_posix(), path.read_bytes())
     return h.hexdigest()
 
@@ -153,8 +153,9 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Pa
     page's wall times); machine and code version are recorded with it."""
     from medsoup.core.checkpoint import atomic_write_text
     from medsoup.runs.provenance import code_version, machine
+    from medsoup.runs.results import timings_path
 
-    path = root / "results" / TIMINGS_DIR / f"{profile}.json"
+    path = timings_path(profile, root / "results")
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.open(path.parent, os.O_RDONLY)
     try:  # executions running side by side each add their entry: lock the read-modify-write

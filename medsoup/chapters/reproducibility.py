@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from medsoup.runs.provenance import PACKAGES, package_versions
+from medsoup.runs.results import timings_path
 
 #: Chapter -> its settings table ``{profile: {setting: value}}`` as "module:attribute".
 PROFILE_TABLES = {"Baseline (quickstart)": "medsoup.chapters.baselines:BASELINE", "InMerge": "medsoup.chapters.inmerge:INMERGE",
@@ -70,7 +71,7 @@ def settings_table(settings: dict) -> pd.DataFrame:
 
 
 def _timings_record(profile: str, root: str | Path) -> dict:
-    path = Path(root) / "timings" / f"{profile}.json"
+    path = timings_path(profile, root)
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

@@ -41,6 +41,12 @@ ENVELOPE = ("profile", "reference", "settings", "overrides", "code_version", "wr
 RESULTS_DIR = Path("results")
 
 
+def timings_path(profile: str, root: str | Path = RESULTS_DIR) -> Path:
+    """``<results>/timings/<profile>.json``: each notebook's execution wall time for ``profile``
+    (written by the book's executor, read by the reproducibility page)."""
+    return Path(root) / "timings" / f"{profile}.json"
+
+
 def to_json(value: Any) -> Any:
     """The JSON encoder of every results file (``json.dumps(default=to_json)``): tables become
     lists of records, numpy and torch values plain numbers or lists, paths strings. Anything
