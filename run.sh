@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # medsoup entry point on a fresh Linux machine with Python 3.11+.
 #
-#   bash run.sh book [args]   execute every notebook (profile auto: paper with a CUDA GPU, else cpu)
-#                             and build the Jupyter Book into _build/html; args go to
-#                             `python -m medsoup.book all`, e.g. --profile smoke, --force
+#   bash run.sh book          build the Jupyter Book into _build/html from the committed reference
+#                             executions (book/reference/cpu/: the recorded numbers and figures, minutes)
+#   bash run.sh book [args]   execute the notebooks, then build; args go to `python -m medsoup.book all`,
+#                             e.g. --profile cpu (2-core machine, hours), --profile gpu, --force
 #   bash run.sh test [args]   the import layers (lint-imports), fast tests (pytest -m "not slow"
 #                             [args]), every notebook on the smoke profile, the book build with
 #                             warnings as errors, and a check of the built pages in headless
@@ -18,7 +19,7 @@ VENV=.venv
 STAMP="$VENV/.medsoup-install-stamp"
 
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -87,7 +88,11 @@ shift
 case "$cmd" in
   book)
     ensure_env
-    step "execute notebooks and build the book" "$VENV/bin/python" -m medsoup.book all --profile auto "$@"
+    if [ $# -eq 0 ]; then
+      step "build the book from the committed reference executions" "$VENV/bin/python" -m medsoup.book show
+    else
+      step "execute notebooks and build the book" "$VENV/bin/python" -m medsoup.book all "$@"
+    fi
     ;;
   test)
     ensure_env

@@ -368,3 +368,34 @@ def test_normalise_matches_medmnist_transform():
     images = torch.tensor([0, 127, 255], dtype=torch.uint8).reshape(1, 1, 1, 3)
     expected = (torch.tensor([0, 127, 255]) / 255.0 - 0.5) / 0.5
     assert torch.allclose(augment.normalise(images).flatten(), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- resize on load (file_size)
+
+def test_file_size_reads_that_file_and_batches_come_at_size(monkeypatch, tmp_path):
+    arrays = md.synthetic_arrays("pneumoniamnist", 28, n_per_split=6)
+    reference = write_npz(tmp_path / "reference.npz", arrays)
+    _serve(monkeypatch, lambda n, s: arrays, {("pneumoniamnist", 28): md.md5_of(reference)})
+    data = md.load_dataset("pneumoniamnist", 224, root=tmp_path / "data", file_size=28)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["pneumoniamnist.npz"]  # no 224 px file asked for
+    assert data.size == 224 and data.splits["train"].images.shape[-1] == 28  # stored small on the device
+    images, _ = next(data.batches("val", 4, in_chans=3))
+    assert images.shape == (4, 3, 224, 224)
+    small, _ = next(md.load_dataset("pneumoniamnist", 28, root=tmp_path / "data").batches("val", 4, in_chans=3))
+    # bilinear upsampling keeps each image's mean intensity (to within interpolation at the border)
+    assert torch.allclose(images.mean(dim=(2, 3)), small.mean(dim=(2, 3)), atol=0.02)
+
+
+def test_resize_is_identity_at_the_same_size_and_antialiased_when_shrinking():
+    x = torch.rand(2, 1, 28, 28)
+    assert md.resize(x, 28) is x
+    stripes = torch.zeros(1, 1, 64, 64)
+    stripes[..., ::2] = 1.0  # a 2-pixel period: aliasing would keep it, an antialiased shrink averages it
+    assert torch.allclose(md.resize(stripes, 28), torch.full((1, 1, 28, 28), 0.5), atol=0.1)
+
+
+def test_run_config_checks_file_size():
+    from medsoup.runs.store import RunConfig
+
+    with pytest.raises(ValueError, match="unknown image size 100"):
+        RunConfig(dataset="breastmnist", size=224, file_size=100)

@@ -169,9 +169,17 @@ def test_settings_apply_non_none_overrides():
 def test_settings_errors_name_the_unknown_key_or_profile():
     with pytest.raises(ValueError, match="unknown setting.*epoch\\b.*known: epochs, seeds"):
         profiles.settings(TABLE, "cpu", epoch=3)
-    with pytest.raises(ValueError, match="unknown profile 'gpu'; valid profiles: auto, smoke, cpu, paper"):
+    with pytest.raises(ValueError, match="unknown profile 'gpus'; valid profiles: auto, smoke, cpu, gpu, paper"):
+        profiles.settings(TABLE, "gpus")
+    with pytest.raises(ValueError, match="profile 'gpu' has no settings in this table; it has: smoke, cpu, paper"):
         profiles.settings(TABLE, "gpu")
-    assert profiles.settings(TABLE, "auto")["profile"] == ("paper" if torch.cuda.is_available() else "cpu")
+
+
+def test_auto_is_gpu_with_cuda_and_cpu_without(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert profiles.resolve_profile("auto") == "gpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert profiles.resolve_profile("auto") == "cpu"
 
 
 def test_baseline_runs_follow_the_recipe():

@@ -23,7 +23,7 @@ selected notebook declares is refused with the valid names (a misspelled ``-p da
 otherwise be ignored), and each notebook receives only the parameters it declares.
 
 Profiles: ``smoke`` (CI, minutes), ``cpu`` (a 2-core machine), ``paper`` (a GPU, the papers'
-settings); ``auto`` is ``paper`` when CUDA is available and ``cpu`` otherwise. Before a ``paper``
+settings), ``gpu`` (one CUDA GPU, offline); ``auto`` is ``gpu`` when CUDA is available and ``cpu`` otherwise. Before a ``paper``
 execution, :mod:`medsoup.book.preflight` checks that every dataset file and ImageNet weight the
 selected notebooks need is present or downloadable, and stops with the list of what is not.
 
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--profile", default="auto",
-                     help="smoke, cpu, paper, or auto (paper with a CUDA GPU, else cpu)")
+                     help="smoke, cpu, gpu, paper, or auto (gpu with a CUDA GPU, else cpu)")
     run.add_argument("--only", nargs="+", action="extend", metavar="NAME",
                      help="notebook names (stems), e.g. 00_quickstart")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
@@ -358,7 +358,31 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("execute", parents=[run], help="execute notebooks into book/executed/")
     sub.add_parser("build", parents=[build], help="build the book into _build/html")
     sub.add_parser("all", parents=[run, build], help="execute, then build")
+    reference = argparse.ArgumentParser(add_help=False)
+    reference.add_argument("--profile", default="cpu", help="the reference run's profile (default cpu)")
+    sub.add_parser("show", parents=[reference, build],
+                   help="the committed reference executions (book/reference/<profile>/), then build")
+    sub.add_parser("publish", parents=[reference],
+                   help="commit-ready copies of the up-to-date executions into book/reference/<profile>/")
     args = parser.parse_args(argv)
+
+    if args.command in ("show", "publish"):
+        from medsoup.book import reference as ref
+
+        try:
+            if args.command == "publish":
+                print(f"[book] published {len(ref.publish(args.profile))} executions into "
+                      f"{ref.reference_dir(args.profile)}", flush=True)
+                return 0
+            fresh = ref.show(args.profile)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"[book] error: {err}", file=sys.stderr, flush=True)
+            return 1
+        stale = [name for name, ok in fresh.items() if not ok]
+        print(f"[book] {len(fresh)} reference executions at profile {args.profile} copied into {EXECUTED_DIR}; "
+              + (f"older than their sources (noted on their pages): {', '.join(stale)}" if stale else "all up to date"),
+              flush=True)
+        return build_book(warnings_as_errors=not args.allow_warnings, full=not args.incremental)
 
     if args.command in ("execute", "all"):
         # imports torch, as executing does

@@ -254,7 +254,12 @@ class Split:
 
 @dataclass
 class MedData:
-    """A MedMNIST dataset held as tensors, with its metadata from ``medmnist.INFO``."""
+    """A MedMNIST dataset held as tensors, with its metadata from ``medmnist.INFO``.
+
+    ``size`` is the side of the images :meth:`batches` yields (the model's input); the stored
+    images may be smaller or larger (a file of another size, see :func:`load_dataset`), and are
+    then resized batch by batch on their device.
+    """
 
     name: str
     size: int
@@ -290,7 +295,8 @@ class MedData:
         ``generator`` (a seeded :class:`torch.Generator`) makes shuffling and augmentation
         reproducible; its random numbers are drawn on its own device (a CPU generator gives the
         same order on every device; one on the data's CUDA device needs no host copy or wait).
-        ``in_chans`` repeats grayscale to 3 channels when a model needs it.
+        ``in_chans`` repeats grayscale to 3 channels when a model needs it. Images stored at
+        another side than :attr:`size` are resized to it (bilinear) before augmentation.
         """
         data = self.splits[split]
         n = len(data)
@@ -299,10 +305,20 @@ class MedData:
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
-            images = normalise(data.images[index], in_chans)
+            images = resize(normalise(data.images[index], in_chans), self.size)
             if augment != "none":
                 images = augment_batch(images, augment, generator)
             yield images, self.targets(data.labels[index])
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float (B, C, H, W) images resized to ``size`` x ``size`` (bilinear; antialiased when
+    shrinking); returned unchanged when they already have that side."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    shrink = images.shape[-1] > size
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=shrink)
 
 
 def from_arrays(name: str, size: int, arrays: dict[str, np.ndarray]) -> MedData:
@@ -320,15 +336,20 @@ def from_arrays(name: str, size: int, arrays: dict[str, np.ndarray]) -> MedData:
 
 def load_dataset(name: str, size: int = 28, *, root: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", train_subset: int | None = None,
-                 subset_seed: int = 0, download: bool = True) -> MedData:
+                 subset_seed: int = 0, download: bool = True, file_size: int | None = None) -> MedData:
     """Load a verified MedMNIST dataset onto ``device``.
 
     ``train_subset`` keeps a class-stratified subset of that many training images (validation and
-    test stay whole, so numbers remain comparable with published ones).
+    test stay whole, so numbers remain comparable with published ones). ``file_size`` reads the
+    official file of that size instead of ``size``'s and resizes each batch to ``size`` on the
+    device (e.g. the offline 28 px files shown to a 224 px ImageNet model); None reads ``size``'s file.
     """
     check_train_subset(train_subset)
-    path = ensure_file(name, size, root, download)
-    data = from_arrays(name, size, read_npz(path, name, size))
+    stored = size if file_size is None else file_size
+    check_dataset(name, size)
+    path = ensure_file(name, stored, root, download)
+    data = from_arrays(name, stored, read_npz(path, name, stored))
+    data.size = size
     if train_subset is not None:
         train = data.splits["train"]
         keep = stratified_indices(train.labels, train_subset, subset_seed)

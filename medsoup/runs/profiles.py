@@ -1,5 +1,7 @@
 """Profiles every notebook honours: ``smoke`` (CI, minutes), ``cpu`` (a 2-core machine, the three
-offline MedMNIST datasets at 28 px) and ``paper`` (a GPU, the papers' datasets and settings).
+offline MedMNIST datasets at 28 px), ``gpu`` (one CUDA GPU, the same offline datasets resized to
+224 px for the ImageNet EfficientNet-Lite0, more seeds) and ``paper`` (a GPU with network access,
+the papers' datasets, models and settings).
 
 Each chapter keeps a table ``{profile: {setting: value}}``; notebooks take flat parameters where
 ``None`` means "the profile's value", and :func:`settings` merges the two.
@@ -13,14 +15,15 @@ from typing import Any
 
 import torch
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "cpu", "gpu", "paper")
 CPU_DATASETS = ("pneumoniamnist", "breastmnist", "retinamnist")
 
 
 def resolve_profile(profile: str) -> str:
-    """``auto`` is ``paper`` with a CUDA GPU and ``cpu`` without one."""
+    """``auto`` is ``gpu`` with a CUDA GPU and ``cpu`` without one; ``paper`` runs only when asked
+    (it needs files and weights an offline machine does not have)."""
     if profile == "auto":
-        return "paper" if torch.cuda.is_available() else "cpu"
+        return "gpu" if torch.cuda.is_available() else "cpu"
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid profiles: auto, {', '.join(PROFILES)}")
     return profile
@@ -66,7 +69,10 @@ def settings(table: dict[str, dict[str, Any]], profile: str, choices: Mapping[st
     list and a tuple of the same values do not differ), so :func:`medsoup.runs.results.write_results`
     can tell a reference run from a run with changed parameters.
     """
-    base = dict(table[resolve_profile(profile)])
+    resolved = resolve_profile(profile)
+    if resolved not in table:
+        raise ValueError(f"profile {resolved!r} has no settings in this table; it has: {', '.join(table)}")
+    base = dict(table[resolved])
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(base))}")
@@ -78,7 +84,7 @@ def settings(table: dict[str, dict[str, Any]], profile: str, choices: Mapping[st
     for name, valid in (choices or {}).items():
         if base[name] not in valid:
             raise ValueError(f"unknown {name} {base[name]!r}; valid: {', '.join(map(str, valid))}")
-    base["profile"] = resolve_profile(profile)
+    base["profile"] = resolved
     base["overrides"] = changed
     return base
 

@@ -79,6 +79,7 @@ class RunConfig:
     # Data (load_dataset) and model (build_model, create_model).
     dataset: str = "pneumoniamnist"  # a 2-D MedMNIST flag (medsoup.core.data.DATASETS)
     size: int = 28  # image side in pixels, one of 28, 64, 128, 224 (MedMNIST+ files <flag>_<size>.npz beyond 28)
+    file_size: int | None = None  # None: read size's file; else read this size's file, resized to size on the device
     model: str = "smallcnn"  # "smallcnn" or a timm name of a family in medsoup.core.models.FAMILIES
     in_chans: int = 3  # input channels the model is built with; grayscale images are repeated to 3 when it has 3
     init: Any = None  # None (random), "imagenet", a checkpoint path or a RunConfig (see the class docstring)
@@ -95,6 +96,8 @@ class RunConfig:
 
     def __post_init__(self):
         check_dataset(self.dataset, self.size)
+        if self.file_size is not None:
+            check_dataset(self.dataset, self.file_size)
         check_model_name(self.model)
         check_train_subset(self.train_subset)
         if isinstance(self.train, dict):
@@ -277,7 +280,8 @@ def _train(config: RunConfig, key: str, folder: Path, cache: str | os.PathLike |
                               "resumed": ckpt.exists(folder / "resume")}) + "\n")
     ckpt.atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=1, default=str))
     device = resolve_device(config.train.device)
-    data = load_dataset(config.dataset, config.size, device=device, train_subset=config.train_subset)
+    data = load_dataset(config.dataset, config.size, device=device, train_subset=config.train_subset,
+                        file_size=config.file_size)
     model = build_model(config, data, cache)
     callbacks = make_callbacks(config)
     fitted = fit(model, data, config.train, callbacks, checkpoint=folder / "resume", progress=progress)
