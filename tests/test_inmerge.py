@@ -11,7 +11,8 @@ from medsoup.core.models import create_model
 from medsoup.core.train import Callback, TrainConfig, evaluate, fit
 from medsoup.merging.inmerge import (InMerge, forward_conv_layers, merge_kernels, merge_layers, mergeable_convs,
                                      quantile_taus)
-from medsoup.merging.kernels import fraction_above, off_diagonal, pairwise_cosine
+from medsoup.merging.kernels import (fraction_above, kind_summary, layer_kind, off_diagonal, pairwise_cosine,
+                                     similarities_by_kind)
 from tests.conftest import StopAfter, tiny
 
 
@@ -256,3 +257,48 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, thresho
     assert len(result.history) == 3
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+class DepthwiseNet(nn.Module):
+    """A tiny network with a full, a depthwise and a pointwise convolution (in that forward order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.full = nn.Conv2d(3, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pointwise = nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.pointwise(self.depthwise(self.full(x))).mean((2, 3)))
+
+    def get_classifier(self):
+        return self.head
+
+
+def test_layer_kinds_split_depthwise_from_pointwise_and_full_convolutions():
+    net = DepthwiseNet()
+    assert [layer_kind(conv) for _, conv in mergeable_convs(net)] == ["other", "depthwise", "other"]
+    assert layer_kind(nn.Conv2d(8, 8, 3, groups=2)) == "other"  # grouped, not depthwise
+    sims = similarities_by_kind(mergeable_convs(net))
+    assert set(sims) == {"depthwise", "other"}
+    assert sims["depthwise"].size == 8 * 7 // 2 and sims["other"].size == 8 * 7 // 2 + 6 * 5 // 2
+    table = kind_summary({"all": sims}, 0.3)
+    assert list(table["kind"]) == ["depthwise", "other"] and (table["above_tau"].between(0, 1)).all()
+
+
+def test_callback_counts_draws_selections_and_merges_per_layer_kind():
+    torch.manual_seed(0)
+    net, data = DepthwiseNet(), tiny_data()
+    with torch.no_grad():  # every depthwise kernel the same filter: all its pairs have similarity 1
+        net.depthwise.weight.copy_(torch.randn(1, 1, 3, 3).expand(8, 1, 3, 3))
+    merge = InMerge(alpha=0.8, first_layer=1, p=0.5, tau=0.99, seed=0)
+    record = fit(net, data, probe_config(epochs=1), [merge], progress=False).history[0]
+    steps = 2  # 64 images at batch 32
+    kinds = record["inmerge_by_kind"]
+    assert kinds["depthwise"]["draws"] == steps * 8 and kinds["other"]["draws"] == steps * 6
+    assert 0 < kinds["depthwise"]["selected"] < steps * 8 and 0 < kinds["other"]["selected"] < steps * 6
+    assert kinds["depthwise"]["merged"] == kinds["depthwise"]["selected"]  # identical kernels always pass
+    assert kinds["other"]["merged"] == 0  # random pointwise kernels never reach similarity 0.99
+    assert record["inmerge_merged"] == {"depthwise": kinds["depthwise"]["merged"], "pointwise": 0}
+    assert record["inmerge_rate"] == pytest.approx(kinds["depthwise"]["merged"] / (steps * 14))

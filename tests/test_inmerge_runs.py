@@ -2,7 +2,10 @@
 
 import pytest
 
-from medsoup.chapters.inmerge import INMERGE, long_rows, protocol, sweep, tally, versus_baseline
+import math
+
+from medsoup.chapters.inmerge import (INMERGE, architecture_settings, long_rows, main_variants, merge_rate_sentence,
+                                      merge_rates_by_kind, protocol, sweep, tally, versus_baseline)
 from medsoup.chapters.tables import verdict
 from medsoup.runs.profiles import settings
 from tests.conftest import real_file
@@ -13,7 +16,7 @@ def test_protocol_pairs_baseline_and_inmerge_on_one_backbone():
     runs = protocol(s, "breastmnist", 3, p=0.5)
     assert runs["baseline"].init == runs["backbone"] == runs["inmerge"].init
     assert runs["baseline"].callbacks == ()
-    assert runs["inmerge"].callbacks == (("inmerge", dict(alpha=0.8, first_layer=4, p=0.5, tau=0.3, seed=3)),)
+    assert runs["inmerge"].callbacks == (("inmerge", dict(alpha=0.8, first_layer=33, p=0.5, tau=0.3, seed=3)),)
     assert runs["baseline"].train == runs["inmerge"].train
     assert runs["baseline"].train.epochs == s["merge_epochs"] and runs["backbone"].train.epochs == s["backbone_epochs"]
 
@@ -39,7 +42,7 @@ def test_versus_baseline_and_verdict_follow_the_paired_difference():
 def test_sweep_shares_the_baseline_and_logs_merge_rates():
     if real_file("breastmnist") is None:
         pytest.skip("breastmnist.npz is not available")
-    s = settings(INMERGE, "smoke", seeds=(0,))
+    s = architecture_settings(settings(INMERGE, "smoke", seeds=(0,)), ("smallcnn", 4, None))  # fast: a smallcnn
     s["train_subset"], s["tau"] = 64, -1.0
     records = sweep(s, {"p=0.3": {}, "p=1": {"p": 1.0}}, ["breastmnist"], [0], progress=False)
     assert [r["setting"] for r in records] == ["p=0.3", "p=1"]
@@ -49,6 +52,7 @@ def test_sweep_shares_the_baseline_and_logs_merge_rates():
     assert 0.1 < records[0]["merge_rate"] < 0.6
     merged = records[1]["runs"]["inmerge"].history[0]["inmerge_merged"]
     assert list(merged) == ["features.14", "features.17"]
+    assert records[1]["merge_rate_other"] == pytest.approx(1.0) and math.isnan(records[1]["merge_rate_depthwise"])
     table = versus_baseline(records, by=("dataset", "setting"))
     assert list(table["setting"]) == ["p=0.3", "p=0.3", "p=1", "p=1"] and (table["n"] == 1).all()
 
@@ -61,3 +65,31 @@ def test_tally_counts_outcomes_and_settings_that_merged_nothing():
     text = tally(table)
     assert text.startswith("Of 2 settings, 1 raise test AUC significantly over the baseline and 0 lower it")
     assert "In 1 of them no kernel was merged at all" in text and "from 0.00% to 10.00%" in text
+
+
+def test_cpu_profile_is_pretrained_lite0_with_a_quantile_threshold_beside_the_papers():
+    s = settings(INMERGE, "cpu")
+    assert (s["model"], s["init"], s["size"], s["train_subset"], s["batch_size"], s["lr"]) == (
+        "tf_efficientnet_lite0", "imagenet", 28, 400, 64, 3e-4)
+    assert len(s["seeds"]) >= 5 and s["finetune_lr"] == pytest.approx(s["lr"] / 10)
+    assert list(main_variants(s)) == ["tau=0.3 (paper)", "tau=quantile 0.5"]
+    assert main_variants(s)["tau=quantile 0.5"] == {"tau_quantile": 0.5}
+    runs = protocol(s, "breastmnist", 0, tau_quantile=0.5)
+    assert runs["inmerge"].callbacks[0][1]["tau_quantile"] == 0.5
+    assert architecture_settings(s, ("smallcnn", 4, None))["init"] is None
+    assert INMERGE["paper"]["model"] == "vgg19" and INMERGE["paper"]["first_layer"] == 10
+
+
+def test_merge_rates_per_layer_kind_pool_the_epochs():
+    history = [{"inmerge_by_kind": {"depthwise": {"draws": 100, "selected": 30, "merged": 10},
+                                    "other": {"draws": 300, "selected": 90, "merged": 0}}},
+               {"inmerge_by_kind": {"depthwise": {"draws": 100, "selected": 30, "merged": 20},
+                                    "other": {"draws": 300, "selected": 90, "merged": 3}}}]
+    assert merge_rates_by_kind(history) == {"merge_rate_depthwise": pytest.approx(0.15),
+                                            "merge_rate_other": pytest.approx(0.005)}
+    only_other = merge_rates_by_kind([{"inmerge_by_kind": {"other": {"draws": 10, "selected": 3, "merged": 1}}}])
+    assert math.isnan(only_other["merge_rate_depthwise"]) and only_other["merge_rate_other"] == pytest.approx(0.1)
+    assert merge_rate_sentence(0.05, 0.15, 0.005) == ("On average 5.00% of the kernel draws in the merged layers ended "
+                                                      "in a merge (at most p of them can): 15.00% in the depthwise "
+                                                      "layers and 0.50% in the pointwise and other layers.")
+    assert merge_rate_sentence(0.05).endswith("(at most p of them can).")

@@ -83,7 +83,8 @@ def _baselines(s: dict) -> list[Need]:
 def _inmerge(s: dict) -> list[Need]:
     datasets = [*s["datasets"], *s["ablation_datasets"], s["architecture_dataset"]]
     datasets += ["chestmnist"] if s["chest"] else []
-    models = [s["model"], *(name for name, _ in s["architectures"])] if s["init"] == "imagenet" else []
+    models = [s["model"]] if s["init"] == "imagenet" else []
+    models += [name for name, _, init in s["architectures"] if init == "imagenet"]
     return _datasets(datasets, s["size"]) + _weights(*models)
 
 

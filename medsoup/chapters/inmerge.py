@@ -11,10 +11,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from medsoup.chapters.tables import paired, row
 from medsoup.core.train import TrainConfig
-from medsoup.merging.inmerge import check_params
+from medsoup.core.models import create_model
+from medsoup.merging.inmerge import check_params, forward_conv_layers
+from medsoup.merging.kernels import KINDS, layer_kind
 from medsoup.runs.profiles import CPU_DATASETS
 from medsoup.runs.store import RunConfig, run_key, run_many
 
@@ -22,62 +25,72 @@ from medsoup.runs.store import RunConfig, run_key, run_many
 #: with an ImageNet VGG19, batch 1024, SGD with a multi-step schedule, 20 backbone + 5 merging epochs, five runs;
 #: alpha 0.8, L_s 10, p 0.3, tau 0.3. lr 0.01 and weight decay 1e-4 are those it gives for ChestX-ray14; the rate
 #: of the merging phase (``finetune_lr``) is not stated. The ablations (Sec. 4.3) are on chest X-rays (ChestMNIST
-#: here), the architectures with their L_s; ``chest`` adds the Table 1 analogue (ChestMNIST per-disease AUC,
-#: ``chest_epochs`` = backbone and merging epochs, 30 + 10 as on ChestX-ray14).
+#: here), the architectures as (model, L_s, init); ``chest`` adds the Table 1 analogue (ChestMNIST per-disease AUC,
+#: ``chest_epochs`` = backbone and merging epochs, 30 + 10 as on ChestX-ray14). ``main_quantiles`` and
+#: ``quantiles`` are per-layer quantile thresholds (``tau_quantile``, not in the paper) run beside the fixed
+#: tau in the main table and in the threshold ablation.
 _PAPER: dict[str, Any] = dict(
     datasets=("pathmnist", "dermamnist", "bloodmnist"), model="vgg19", size=64, init="imagenet", train_subset=None,
     seeds=(0, 1, 2, 3, 4), backbone_epochs=20, merge_epochs=5, batch_size=1024, optimizer="sgd", lr=1e-2,
     finetune_lr=1e-3, weight_decay=1e-4, augment="medium", alpha=0.8, first_layer=10, p=0.3, tau=0.3,
-    ablation_datasets=("chestmnist",), ablation_seeds=(0, 1, 2), alphas=(0.5, 0.6, 0.7, 0.8, 0.9),
-    ps=(0.1, 0.3, 0.5, 0.7), first_layers=(0, 5, 10, 15), taus=(0.1, 0.3, 0.5, 0.7), dissimilar_tau=0.5,
-    extra_taus=(), architectures=(("vgg19", 10), ("vgg16", 10), ("resnet34", 30)),
+    main_quantiles=(), ablation_datasets=("chestmnist",), ablation_seeds=(0, 1, 2), alphas=(0.5, 0.6, 0.7, 0.8, 0.9),
+    ps=(0.1, 0.3, 0.5, 0.7), first_layers=(0, 5, 10, 15), taus=(0.1, 0.3, 0.5, 0.7), quantiles=(),
+    dissimilar_tau=0.5, architectures=(("vgg19", 10, "imagenet"), ("vgg16", 10, "imagenet"), ("resnet34", 30, "imagenet")),
     architecture_dataset="chestmnist", chest=True, chest_epochs=(30, 10))
 
-#: A 2-core machine without a GPU: no ImageNet weights and no ChestMNIST offline.
+#: A 2-core machine without a GPU: the ImageNet network that runs offline, 400 images, 3 + 1 epochs.
+#: Cost (training image-passes, about 66/s for Lite0 at 28 px on two cores): notebook 10 trains 3 datasets x
+#: 5 seeds x (3 backbone epochs + 3 arms x 1 epoch) x 400 images = 36,000 (about 550 s, plus the test sets and
+#: checkpoints of its 60 runs); notebook 11 reuses its backbones and baselines and trains 12 new settings x
+#: 3 seeds x 400 = 14,400 (about 220 s) plus a smallcnn.
 _CPU: dict[str, Any] = dict(
     _PAPER,
     datasets=CPU_DATASETS,  # the three offline datasets instead of Path/Derma/Blood
-    model="smallcnn",  # trained from scratch (init None below): a few seconds per epoch on two cores
+    model="tf_efficientnet_lite0",  # the ImageNet network available offline (medsoup.core.pretrained); VGG19 is
+    # too slow on two cores, and a network trained from scratch has almost no kernel pairs above tau 0.3 (notebook 11)
     size=28,  # the one size all three offline datasets have
-    init=None,  # no ImageNet weights offline (and none exist for the smallcnn)
-    batch_size=128,  # the baseline recipe's batch (BASELINE)
-    optimizer="adamw",  # the baseline recipe's optimizer and rate, for a network trained from scratch
-    lr=1e-3,
-    finetune_lr=1e-4,  # a tenth of lr, as the paper profile's 1e-3 is of its 1e-2
-    first_layer=4,  # "merge the last stage" (notebook 10): the smallcnn's two 128-channel convolutions
-    ablation_datasets=("breastmnist", "retinamnist"),  # the two smaller offline datasets (546, 1080 images)
+    train_subset=400,  # 400 stratified training images: notebook 10 within about 700 s on two cores
+    backbone_epochs=3,  # 3 + 1 epochs (the paper's 20 + 5): the most five seeds, three datasets and three
+    merge_epochs=1,  # 1-epoch arms (baseline, tau 0.3, quantile tau) fit in the budget above
+    batch_size=64,  # the cpu profiles' Lite0 recipe (7 steps per epoch at 400 images)
+    optimizer="adamw",  # the cpu profiles' Lite0 fine-tuning recipe (lr probed on PneumoniaMNIST: 3e-4)
+    lr=3e-4,
+    finetune_lr=3e-5,  # a tenth of lr, as the paper profile's 1e-3 is of its 1e-2
+    first_layer=33,  # L_s "the deeper layers": blocks.5, blocks.6 and conv_head, 16 of Lite0's 49 convs (notebook 10)
+    main_quantiles=(0.5,),  # a per-layer median threshold beside tau 0.3: merges in pointwise layers too
+    ablation_datasets=("breastmnist",),  # one dataset (merging happens on all three), its 546 images the cheapest
     alphas=(0.5, 0.8, 0.95),  # the paper grid's lowest and default, and 0.95, a weaker merge than its grid has
-    ps=(0.1, 0.3, 1.0),  # the paper grid's lowest and default, and p = 1: a merge attempt for every kernel
-    first_layers=(0, 1, 2, 3, 4, 5),  # every convolution of the 6-layer smallcnn
-    taus=(-1.0, 0.0, 0.1, 0.3, 0.5),  # adds tau 0 and -1 (every selected pair merges), see extra_taus; drops 0.7
-    extra_taus=(0.0,),  # almost no kernel pairs of a from-scratch smallcnn pass tau 0.3: run tau 0 beside it
-    architectures=(("smallcnn", 4), ("resnet18", 15)),  # each with its "last stage" L_s (notebook 10)
+    ps=(0.3, 1.0),  # the paper's default and p = 1 (a merge attempt for every kernel); 0.1 only weakens it
+    first_layers=(0, 24, 33, 46),  # every conv, the last three stages, the default, the last block and conv_head
+    taus=(0.3,),  # the paper's tau; other fixed values are replaced by quantiles (below), which merge in every layer
+    quantiles=(0.25, 0.5, 0.75, 0.9),  # per-layer quantile thresholds: about 1 - q of drawn pairs merge
+    architectures=(("tf_efficientnet_lite0", 33, "imagenet"), ("smallcnn", 4, None)),  # Lite0 vs a from-scratch
+    # smallcnn (its last stage, L_s 4 of 6): a cheap contrast with nearly orthogonal kernels; no ResNet-18 (slow)
     architecture_dataset="breastmnist",  # instead of ChestMNIST
     chest=False,  # ChestMNIST is not available offline
     chest_epochs=(2, 1),  # not used without chest
 )
 
-#: Continuous integration: each code path of notebooks 10 and 11 in minutes; its numbers mean nothing.
+#: Continuous integration: each code path of notebooks 10 and 11 in about a minute each; its numbers mean
+#: nothing. Lite0 itself (not only the smallcnn) so that the depthwise merge counts and L_s 33 are exercised;
+#: the ablation grids keep one or two points, most of them runs notebook 10 already made.
 _SMOKE: dict[str, Any] = dict(
     _CPU,
     datasets=("breastmnist",),  # the smallest offline dataset
-    train_subset=192,  # three steps per epoch at the batch below
+    train_subset=64,  # one step per epoch at batch 64
     seeds=(0, 1),  # two seeds: the fewest with which a paired difference is tested
-    backbone_epochs=2,  # 2 + 1 epochs: the protocol's two phases, each as short as it gets
-    merge_epochs=1,
-    batch_size=64,
-    ablation_datasets=("breastmnist",),  # the ablations on the main table's dataset and seeds
-    ablation_seeds=(0, 1),
-    alphas=(0.5, 0.8),  # a few points of each cpu grid
-    ps=(0.3, 1.0),
-    first_layers=(0, 4, 5),
-    taus=(0.0, 0.3),
-    architectures=(("smallcnn", 4),),  # no ResNet-18: the slowest part of the cpu ablations
+    backbone_epochs=1,  # 1 + 1 epochs: the protocol's two phases, each as short as it gets
+    ablation_seeds=(0, 1),  # the main table's seeds: its backbones and baselines are reused
+    alphas=(0.8,),  # the default only: its runs are notebook 10's, so only p = 1 and the dissimilar
+    ps=(0.3, 1.0),  # setting train new arms (each Lite0 run costs seconds even at 64 images)
+    first_layers=(33,),
+    quantiles=(0.5,),
 )
 
 #: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
-#: ``first_layer`` is L_s for ``model``; ``architectures`` pairs each architecture of the architecture
-#: ablation with its L_s; ``extra_taus`` are thresholds run beside the paper's tau in the main table.
+#: ``first_layer`` is L_s for ``model``; ``architectures`` gives each architecture of the architecture
+#: ablation with its L_s and init; ``main_quantiles`` are quantile thresholds run beside the paper's tau in the
+#: main table.
 INMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
 
 
@@ -86,7 +99,23 @@ def inmerge_params(s: dict, seed: int, **overrides) -> dict[str, Any]:
     params = dict(alpha=s["alpha"], first_layer=s["first_layer"], p=s["p"], tau=s["tau"], seed=seed)
     params.update(overrides)
     check_params(params["alpha"], params["p"], params["tau"], params["first_layer"])
+    if not 0.0 <= params.get("tau_quantile", 0.0) <= 1.0:
+        raise ValueError(f"InMerge tau_quantile must lie in [0, 1], got {params['tau_quantile']!r}")
     return params
+
+
+def architecture_settings(s: dict, architecture: Sequence) -> dict[str, Any]:
+    """Settings ``s`` with the model, L_s and init of one ``(model, first_layer, init)`` entry of
+    ``s["architectures"]``; everything else (recipe, epochs) unchanged."""
+    model, first_layer, init = architecture
+    return dict(s, model=model, first_layer=first_layer, init=init)
+
+
+def initial_layers(s: dict) -> list[tuple[str, Any]]:
+    """``(name, Conv2d)`` of the mergeable convolutions of ``s["model"]`` as training starts (``s["init"]``:
+    the ImageNet weights, or a random initialisation), in forward order; the head is irrelevant here."""
+    model = create_model(s["model"], 2, 3, s["size"], pretrained=s["init"])
+    return forward_conv_layers(model, torch.zeros(1, 3, s["size"], s["size"]))
 
 
 def backbone_run(s: dict, dataset: str, seed: int, model: str | None = None) -> RunConfig:
@@ -108,6 +137,13 @@ def finetune_run(s: dict, dataset: str, seed: int, model: str | None = None,
     return backbone.replace(init=backbone, train=train, callbacks=callbacks)
 
 
+def pair_layer(layers: Sequence[tuple[str, Any]], first_layer: int) -> int:
+    """Index of the layer whose kernel pairs the chapter draws: the first merged depthwise layer (its
+    kernels are single k x k filters, drawn as they are), else the first merged layer."""
+    kinds = [layer_kind(conv) for _, conv in layers]
+    return next((i for i in range(first_layer, len(layers)) if kinds[i] == "depthwise"), first_layer)
+
+
 def protocol(s: dict, dataset: str, seed: int, model: str | None = None, **merge_overrides) -> dict[str, Any]:
     """``{"backbone", "baseline", "inmerge"}`` RunConfigs of one dataset and seed."""
     return {"backbone": backbone_run(s, dataset, seed, model),
@@ -122,7 +158,8 @@ def sweep(s: dict, variants: Mapping[str, dict], datasets: Sequence[str], seeds:
     ``variants``: label -> InMerge parameter overrides (e.g. ``{"p=1": {"p": 1.0}}``). Backbones
     run first, then the fine-tuning runs (a baseline is shared by all variants of its seed). A
     record holds ``dataset``, ``seed``, ``setting`` (the label), the overrides, the ``baseline`` and
-    ``inmerge`` test metrics, the mean ``merge_rate`` and the ``runs`` (RunResults).
+    ``inmerge`` test metrics, the mean ``merge_rate`` and those per layer kind
+    (:func:`merge_rates_by_kind`), and the ``runs`` (RunResults).
     """
     jobs = [(d, seed, label, protocol(s, d, seed, model, **params))
             for d in datasets for seed in seeds for label, params in variants.items()]
@@ -135,6 +172,7 @@ def sweep(s: dict, variants: Mapping[str, dict], datasets: Sequence[str], seeds:
         records.append({"dataset": d, "model": model or s["model"], "seed": seed, "setting": label, **variants[label],
                         "baseline": base.test, "inmerge": merged.test,
                         "merge_rate": float(merge_rates(merged.history).mean()),
+                        **merge_rates_by_kind(merged.history),
                         "runs": {"baseline": base, "inmerge": merged}})
     return records
 
@@ -143,13 +181,25 @@ def sweep(s: dict, variants: Mapping[str, dict], datasets: Sequence[str], seeds:
 METHOD, BASELINE = "InMerge", "fine-tuning, no merging"
 #: The comparison every InMerge table makes: InMerge against the baseline on the same seeds.
 PAIR = ({"method": METHOD}, {"method": BASELINE, "label": "the baseline"})
+#: Merge rates of an InMerge run: all merged layers, then per layer kind (:func:`merge_rates_by_kind`).
+MERGE_COLUMNS = ("merge_rate", *(f"merge_rate_{kind}" for kind in KINDS))
 #: The columns of a :func:`sweep` record that are not settings of the variant.
-_MEASURED = ("dataset", "seed", "baseline", "inmerge", "merge_rate", "runs")
+_MEASURED = ("dataset", "seed", "baseline", "inmerge", *MERGE_COLUMNS, "runs")
 
 
 def paper_setting(s: dict) -> str:
     """The label of the paper's setting in the chapter's sweep (the comparison page reads these rows)."""
     return f"tau={s['tau']} (paper)"
+
+
+def quantile_setting(q: float) -> str:
+    """The label of a per-layer quantile threshold ``tau_quantile = q``."""
+    return f"tau=quantile {q}"
+
+
+def main_variants(s: dict) -> dict[str, dict]:
+    """The main table's InMerge variants: the paper's tau, then each of ``s["main_quantiles"]``."""
+    return {paper_setting(s): {}, **{quantile_setting(q): {"tau_quantile": q} for q in s["main_quantiles"]}}
 
 
 def long_rows(records: Sequence[dict], **columns) -> pd.DataFrame:
@@ -161,15 +211,15 @@ def long_rows(records: Sequence[dict], **columns) -> pd.DataFrame:
         extra = {**{k: v for k, v in r.items() if k not in _MEASURED}, **columns}
         out.append(row("InMerge", BASELINE, "baseline", r["dataset"], r["seed"], r["baseline"], **extra))
         out.append(row("InMerge", METHOD, "method", r["dataset"], r["seed"], r["inmerge"], **extra,
-                       **{k: r[k] for k in ("merge_rate",) if k in r}))
+                       **{k: r[k] for k in MERGE_COLUMNS if k in r}))
     return pd.DataFrame(out)
 
 
 def versus_baseline(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
                     by: str | Sequence[str] = "dataset") -> pd.DataFrame:
     """InMerge against the baseline per group of ``by`` (:func:`medsoup.chapters.tables.paired` over
-    :func:`long_rows`), with the mean ``merge_rate`` of the InMerge runs."""
-    return paired(long_rows(records), [PAIR], list(metrics), by=by, extra=("merge_rate",))
+    :func:`long_rows`), with the mean merge rates (:data:`MERGE_COLUMNS`) of the InMerge runs."""
+    return paired(long_rows(records), [PAIR], list(metrics), by=by, extra=MERGE_COLUMNS)
 
 
 def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.DataFrame:
@@ -201,17 +251,41 @@ def tally(table: pd.DataFrame, metric: str = "auc") -> str:
         inert = int((rows["merge_rate"] == 0).sum())
         text += (f" In {inert} of them no kernel was merged at all (no selected pair passed the threshold), so"
                  f" InMerge there is the baseline; the mean merge rate ranges from {100 * rows['merge_rate'].min():.2f}%"
-                 f" to {100 * rows['merge_rate'].max():.2f}% of kernel draws.")
+                 f" to {100 * rows['merge_rate'].max():.2f}% of kernel draws")
+        for kind in KINDS:
+            column = rows.get(f"merge_rate_{kind}")
+            if column is not None and column.notna().any():
+                text += (f"; {_KIND_NAMES[kind]} layers {100 * column.min():.2f}% to {100 * column.max():.2f}%")
+        text += "."
     return text
 
 
-def merge_rate_sentence(rate: float) -> str:
-    """What a mean merge rate (merged kernels / kernel draws) means for the comparison."""
+#: How the prose names each layer kind.
+_KIND_NAMES = {"depthwise": "depthwise", "other": "pointwise and other"}
+
+
+def merge_rate_sentence(rate: float, depthwise: float = float("nan"), other: float = float("nan")) -> str:
+    """What a mean merge rate (merged kernels / kernel draws) means for the comparison, with the rates
+    of the depthwise and of the other merged layers where given (not NaN)."""
     if rate == 0:
         return ("No kernel was merged in any step (no selected pair passed the threshold), so the InMerge "
                 "runs are the baseline runs: any difference above is zero.")
-    return (f"On average {100 * rate:.2f}% of the kernel draws in the merged layers ended in a merge "
-            f"(at most p of them can).")
+    text = f"On average {100 * rate:.2f}% of the kernel draws in the merged layers ended in a merge (at most p of them can)"
+    kinds = [(kind, value) for kind, value in (("depthwise", depthwise), ("other", other)) if not np.isnan(value)]
+    if kinds:
+        text += ": " + " and ".join(f"{100 * value:.2f}% in the {_KIND_NAMES[kind]} layers" for kind, value in kinds)
+    return text + "."
+
+
+def merge_rates_by_kind(history: Sequence[dict]) -> dict[str, float]:
+    """``merge_rate_<kind>`` for each of :data:`~medsoup.merging.kernels.KINDS`: kernels merged / kernels
+    drawn in the merged layers of that kind over all epochs of an InMerge run (NaN where none is merged)."""
+    out = {}
+    for kind in KINDS:
+        counts = [h.get("inmerge_by_kind", {}).get(kind, {}) for h in history]
+        draws = sum(c.get("draws", 0) for c in counts)
+        out[f"merge_rate_{kind}"] = sum(c.get("merged", 0) for c in counts) / draws if draws else float("nan")
+    return out
 
 
 def merge_rates(history: Sequence[dict]) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Figures of the In-Model Merging chapter: kernel pairs with their similarity (Fig. 1), per-layer
-similarity distributions, baseline vs InMerge (Table 2) and the ablation curves (Figs. 2-3)."""
+similarity distributions per layer and per layer kind, baseline vs InMerge (Table 2) and the ablation curves (Figs. 2-3)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,24 @@ def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: 
     for ax in axes[len(layers):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=8)
+    return fig
+
+
+def kind_similarities(sims: Mapping[str, Mapping[str, np.ndarray]], tau: float):
+    """Density of the pairwise kernel similarities pooled per layer kind (depthwise vs pointwise and
+    other), one panel per group of layers (``sims``: group label -> kind -> similarities, from
+    :func:`medsoup.merging.kernels.similarities_by_kind`); the dashed line is ``tau``."""
+    fig, axes = figure(1, len(sims), width=3.8, height=2.8, flat=True)
+    colours = dict(zip(("depthwise", "other"), sns.color_palette("deep", 2)))
+    names = {"depthwise": "depthwise", "other": "pointwise/other"}
+    bins = np.linspace(-1, 1, 101)
+    for ax, (group, kinds) in zip(axes, sims.items()):
+        for kind, values in kinds.items():
+            ax.hist(values, bins=bins, density=True, histtype="step", color=colours[kind],
+                    label=f"{names[kind]} ({100 * float((values > tau).mean()):.1f}% > tau)")
+        ax.axvline(tau, color="black", linestyle="--", linewidth=0.8)
+        ax.set(title=group, xlabel="cosine similarity of a kernel pair", ylabel="density", xlim=(-0.8, 1.0))
+        ax.legend(fontsize=7)
     return fig
 
 

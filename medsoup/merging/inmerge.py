@@ -24,6 +24,10 @@ Choices the paper leaves open, and what its public code got wrong (REFERENCE.md 
   calls it, so validation and test leave the weights unchanged (the public code merged in
   evaluation too). The optimiser's moment estimates are left as they are.
 * One vectorised pass per layer, no ``.item()``: merge counts stay tensors until the epoch ends.
+* Merge counts are kept per layer kind (:func:`~medsoup.merging.kernels.layer_kind`): depthwise convolutions (one input
+  channel per kernel, ``groups == in_channels``, as in EfficientNet) and all others (pointwise 1x1
+  and full convolutions). Their kernels differ in kind (a single k x k filter vs a vector over
+  channels), and so do their similarity distributions, hence how often a fixed ``tau`` passes.
 * ``dissimilar=True`` merges pairs with ``sim < tau`` instead: the paper's "Dissimilar" ablation.
 * ``tau_quantile=q`` (not in the paper) replaces the fixed ``tau`` by one threshold per merged layer:
   the ``q``-quantile of that layer's pairwise kernel similarities (Eq. (2)) when training starts, so
@@ -44,7 +48,7 @@ from torch import nn
 
 from medsoup.core.models import conv_layers
 from medsoup.core.train import Callback
-from medsoup.merging.kernels import off_diagonal, pairwise_cosine
+from medsoup.merging.kernels import layer_kind, off_diagonal, pairwise_cosine
 
 Layers = Sequence[tuple[str, nn.Conv2d]]
 #: Module-name prefixes of convolutions that are fully connected classifier layers (timm VGG).
@@ -100,14 +104,15 @@ def merge_kernels(weight: torch.Tensor, alpha: float = 0.8, p: float = 0.3, tau:
     """
     check_params(alpha, p, tau)
     new = weight.detach().clone()
-    return new, _merge_in_place(new, alpha, p, tau, generator, dissimilar)
+    return new, _merge_in_place(new, alpha, p, tau, generator, dissimilar)[0]
 
 
 def _merge_in_place(weight: torch.Tensor, alpha: float, p: float, tau: float,
-                    generator: torch.Generator | None, dissimilar: bool) -> torch.Tensor:
+                    generator: torch.Generator | None, dissimilar: bool) -> tuple[torch.Tensor, int]:
+    """Merge ``weight`` in place; ``(n_merged, n_selected)``, the first a 0-d device tensor."""
     n = weight.shape[0]
     if n < 2:
-        return torch.zeros((), dtype=torch.int64, device=weight.device)
+        return torch.zeros((), dtype=torch.int64, device=weight.device), 0
     rows, partners = _draw(n, p, generator)
     rows, partners = rows.to(weight.device), partners.to(weight.device)
     flat = weight.reshape(n, -1)  # a view unless the weight is stored non-contiguously
@@ -115,7 +120,7 @@ def _merge_in_place(weight: torch.Tensor, alpha: float, p: float, tau: float,
     flat[rows] = values  # every value above was computed from the weights before the step
     if flat.data_ptr() != weight.data_ptr():
         weight.copy_(flat.view(weight.shape))
-    return n_merged
+    return n_merged, int(rows.numel())
 
 
 def merge_layers(layers: Layers, first_layer: int, alpha: float = 0.8, p: float = 0.3,
@@ -129,6 +134,13 @@ def merge_layers(layers: Layers, first_layer: int, alpha: float = 0.8, p: float 
     for the merged layers only. Same random draws and results as :func:`merge_kernels`, without
     copying whole weights.
     """
+    return {name: merged for name, (merged, _) in
+            _merge_layers(layers, first_layer, alpha, p, tau, generator, dissimilar).items()}
+
+
+def _merge_layers(layers: Layers, first_layer: int, alpha: float, p: float, tau: float | Sequence[float],
+                  generator: torch.Generator | None, dissimilar: bool) -> dict[str, tuple[torch.Tensor, int]]:
+    """:func:`merge_layers` returning layer name -> ``(n_merged, n_selected)``."""
     merged = list(layers)[first_layer:]
     taus = [tau] * len(merged) if isinstance(tau, (int, float)) else list(tau)
     if len(taus) != len(merged):
@@ -204,8 +216,11 @@ class InMerge(Callback):
     """Algorithm 1 as a training callback: one :func:`merge_layers` call after every optimiser step.
 
     The layer order is recorded during the first training batch's forward pass. Each epoch
-    record gets ``inmerge_merged`` (layer name -> kernels merged during the epoch) and
-    ``inmerge_rate`` (merged kernels / kernel draws in the merged layers), and with
+    record gets ``inmerge_merged`` (layer name -> kernels merged during the epoch),
+    ``inmerge_rate`` (merged kernels / kernel draws in the merged layers), ``inmerge_by_kind``
+    (each layer kind of :func:`~medsoup.merging.kernels.layer_kind` among the merged layers ->
+    ``{"draws", "selected", "merged"}``: kernels drawn, kernels selected with probability p whose
+    pair was compared, kernels merged), and with
     ``tau_quantile`` also ``inmerge_tau`` (layer name -> its threshold, fixed at the first step).
     The callback's own generator (seeded by ``seed``) and those thresholds are saved by
     ``state_dict``, so a resumed run merges exactly as an uninterrupted one.
@@ -227,7 +242,8 @@ class InMerge(Callback):
 
     def _reset_counts(self) -> None:
         self._merged: dict[str, torch.Tensor] = {}
-        self._draws = 0
+        self._selected: dict[str, int] = {}
+        self._steps = 0
 
     def on_fit_start(self, model: nn.Module, steps_per_epoch: int, total_steps: int) -> None:
         n_conv = len(mergeable_convs(model))
@@ -242,16 +258,25 @@ class InMerge(Callback):
             self.layers = self._recorder.stop()
         if self.tau_quantile is not None and self.taus is None:
             self.taus = quantile_taus(self.layers, self.first_layer, self.tau_quantile)
-        counts = merge_layers(self.layers, self.first_layer, self.alpha, self.p,
-                              self.tau if self.taus is None else self.taus, self.generator, self.dissimilar)
-        for name, count in counts.items():
+        counts = _merge_layers(self.layers, self.first_layer, self.alpha, self.p,
+                               self.tau if self.taus is None else self.taus, self.generator, self.dissimilar)
+        for name, (count, selected) in counts.items():
             self._merged[name] = self._merged.get(name, 0) + count
-        self._draws += sum(conv.weight.shape[0] for _, conv in self.layers[self.first_layer:])
+            self._selected[name] = self._selected.get(name, 0) + selected
+        self._steps += 1
 
     def on_epoch_end(self, model: nn.Module, epoch: int, record: dict) -> None:
         merged = {name: int(count) for name, count in self._merged.items()}
+        by_kind: dict[str, dict[str, int]] = {}
+        for name, conv in (self.layers or [])[self.first_layer:] if self._steps else []:
+            counts = by_kind.setdefault(layer_kind(conv), {"draws": 0, "selected": 0, "merged": 0})
+            counts["draws"] += self._steps * conv.weight.shape[0]
+            counts["selected"] += self._selected[name]
+            counts["merged"] += merged[name]
+        draws = sum(c["draws"] for c in by_kind.values())
         record["inmerge_merged"] = merged
-        record["inmerge_rate"] = sum(merged.values()) / self._draws if self._draws else 0.0
+        record["inmerge_rate"] = sum(merged.values()) / draws if draws else 0.0
+        record["inmerge_by_kind"] = by_kind
         if self.taus is not None:
             record["inmerge_tau"] = {name: tau for (name, _), tau in zip(self.layers[self.first_layer:], self.taus)}
         self._reset_counts()

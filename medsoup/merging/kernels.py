@@ -52,6 +52,34 @@ def similarity_summary(sims: dict[str, dict[str, np.ndarray]], tau: float) -> pd
     return pd.DataFrame(rows)
 
 
+#: The layer kinds InMerge reports merge counts by (:func:`layer_kind`).
+KINDS = ("depthwise", "other")
+
+
+def layer_kind(conv: nn.Conv2d) -> str:
+    """``"depthwise"`` for a depthwise convolution (``groups == in_channels > 1``: each kernel a single
+    k x k filter of one input channel, as in EfficientNet), else ``"other"`` (pointwise 1x1 and full
+    convolutions, whose kernels are vectors over all input channels)."""
+    return "depthwise" if conv.groups > 1 and conv.groups == conv.in_channels else "other"
+
+
+def similarities_by_kind(layers: Sequence[tuple[str, nn.Conv2d]]) -> dict[str, np.ndarray]:
+    """Layer kind (:data:`KINDS`, those present) -> the similarities of all distinct kernel pairs of
+    every layer of that kind, pooled (each layer contributes its ``n (n - 1) / 2`` pairs)."""
+    pooled: dict[str, list[np.ndarray]] = {}
+    for name, values in layer_similarities(layers).items():
+        pooled.setdefault(layer_kind(dict(layers)[name]), []).append(values)
+    return {kind: np.concatenate(pooled[kind]) for kind in KINDS if kind in pooled}
+
+
+def kind_summary(sims: dict[str, dict[str, np.ndarray]], tau: float) -> pd.DataFrame:
+    """Per group label and layer kind: number of pairs, median similarity and the fraction of pairs
+    above ``tau``, from ``label -> kind -> pooled similarities`` (:func:`similarities_by_kind`)."""
+    return pd.DataFrame([{"layers": label, "kind": kind, "pairs": int(values.size), "median": float(np.median(values)),
+                          "above_tau": float((values > tau).mean())}
+                         for label, kinds in sims.items() for kind, values in kinds.items()])
+
+
 def fraction_above(sim: torch.Tensor, tau: float) -> float:
     """Of the ordered pairs ``(i, j), j != i``, the fraction with ``sim > tau``.
 
