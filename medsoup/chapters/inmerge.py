@@ -30,7 +30,8 @@ from medsoup.runs.store import RunConfig, run_key, run_many
 #: ``quantiles`` are per-layer quantile thresholds (``tau_quantile``, not in the paper) run beside the fixed
 #: tau in the main table and in the threshold ablation.
 _PAPER: dict[str, Any] = dict(
-    datasets=("pathmnist", "dermamnist", "bloodmnist"), model="vgg19", size=64, init="imagenet", train_subset=None,
+    datasets=("pathmnist", "dermamnist", "bloodmnist"), model="vgg19", size=64, file_size=None, init="imagenet",
+    train_subset=None,
     seeds=(0, 1, 2, 3, 4), backbone_epochs=20, merge_epochs=5, batch_size=1024, optimizer="sgd", lr=1e-2,
     finetune_lr=1e-3, weight_decay=1e-4, augment="medium", alpha=0.8, first_layer=10, p=0.3, tau=0.3,
     main_quantiles=(), ablation_datasets=("chestmnist",), ablation_seeds=(0, 1, 2), alphas=(0.5, 0.6, 0.7, 0.8, 0.9),
@@ -71,6 +72,21 @@ _CPU: dict[str, Any] = dict(
     chest_epochs=(2, 1),  # not used without chest
 )
 
+#: One CUDA GPU, offline: the cpu profile's Lite0 at its ImageNet resolution, 10 seeds, longer phases. Not yet
+#: measured on a GPU: sized by an estimate of ~4,000 training images/s for Lite0 at 224 px in bfloat16 on an H100,
+#: (2,000 + 546 + 1,080 images) x (8 + 3 x 2 epochs) x 10 seeds = 508,000 image-passes, about 2 minutes.
+_GPU: dict[str, Any] = dict(
+    _CPU,
+    size=224,  # Lite0's ImageNet resolution (stride-2 stem as pre-trained) ...
+    file_size=28,  # ... from the offline 28 px files, resized on the GPU (medsoup.core.data.load_dataset)
+    train_subset=2000,  # at most 2000 training images (PneumoniaMNIST has 4708; the others fewer)
+    seeds=tuple(range(10)),  # 10 seeds
+    backbone_epochs=8,  # 8 + 2 epochs instead of 3 + 1 (the paper's 20 + 5 would not fit the GPU book's 15 minutes)
+    merge_epochs=2,
+    batch_size=128,
+    ablation_seeds=(0, 1, 2, 3, 4),  # five seeds for the ablations
+)
+
 #: Continuous integration: each code path of notebooks 10 and 11 in about a minute each; its numbers mean
 #: nothing. Lite0 itself (not only the smallcnn) so that the depthwise merge counts and L_s 33 are exercised;
 #: the ablation grids keep one or two points, most of them runs notebook 10 already made.
@@ -91,7 +107,7 @@ _SMOKE: dict[str, Any] = dict(
 #: ``first_layer`` is L_s for ``model``; ``architectures`` gives each architecture of the architecture
 #: ablation with its L_s and init; ``main_quantiles`` are quantile thresholds run beside the paper's tau in the
 #: main table.
-INMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
+INMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "gpu": _GPU, "paper": _PAPER}
 
 
 def inmerge_params(s: dict, seed: int, **overrides) -> dict[str, Any]:
@@ -123,7 +139,7 @@ def backbone_run(s: dict, dataset: str, seed: int, model: str | None = None) -> 
     train = TrainConfig(epochs=s["backbone_epochs"], batch_size=s["batch_size"], optimizer=s["optimizer"],
                         lr=s["lr"], weight_decay=s["weight_decay"], augment=s["augment"], schedule="multistep",
                         milestones=(0.5, 0.75), select_metric="auc", seed=seed)
-    return RunConfig(dataset=dataset, size=s["size"], model=model or s["model"], init=s["init"],
+    return RunConfig(dataset=dataset, size=s["size"], file_size=s["file_size"], model=model or s["model"], init=s["init"],
                      train=train, train_subset=s["train_subset"])
 
 
