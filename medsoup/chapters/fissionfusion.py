@@ -103,7 +103,7 @@ _SMOKE: dict[str, Any] = dict(
     epochs=1,  # 1 epoch per grid model: a 2 x 2 x 2 grid
     lrs=(1e-3, 1e-4),  # 2 rates: hierarchical souping still has two groups
     batch_size=32,  # two steps per epoch on the 64 images
-    fgg_cycle_epochs=1.0,  # 2-step cycles: fgg_epochs(2, 1.0) = 2 epochs hold both snapshots
+    fgg_cycle_epochs=2.0,  # 4-step cycles: fgg_epochs(2, 2.0) = 3 epochs, the last step the second snapshot
     corruptions=("gaussian_noise", "contrast_down"),  # one noise and one intensity corruption
     grid_points=5,  # a 5 x 5 plane and slice
     lmc_points=5,  # 5-point LMC curves
@@ -274,9 +274,14 @@ class Pool:
 
     states: list
     scores: list
-    labels: list
+    labels: list | None = None
     upfront: int = 0
     scoring: int = 0
+
+    def __post_init__(self):
+        if self.labels is None:  # the candidates' positions ("0", "1", ...; "0.1" for group 0's second member)
+            self.labels = [[f"{g}.{i}" for i in range(len(group))] if isinstance(group, (list, tuple)) else str(g)
+                           for g, group in enumerate(self.states)]
 
 
 Souped = tuple[dict[str, torch.Tensor], int, dict[str, float]]  # (state, evaluations, ingredient -> weight)
