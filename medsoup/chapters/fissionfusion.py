@@ -92,7 +92,7 @@ _CPU: dict[str, Any] = dict(
     landscape_datasets=("retinamnist",),  # plane and slice on RetinaMNIST only: its 120 val images are cheap
 )
 
-#: Continuous integration: each code path of notebooks 20 and 21 in about a minute; its numbers mean nothing.
+#: Continuous integration: each code path of notebooks 20 and 21 in a minute or two; its numbers mean nothing.
 #: The cpu profile's pretrained Lite0 on 64 BreastMNIST images, so the ImageNet path itself is exercised.
 _SMOKE: dict[str, Any] = dict(
     _CPU,
@@ -105,11 +105,10 @@ _SMOKE: dict[str, Any] = dict(
     batch_size=32,  # two steps per epoch on the 64 images
     fgg_cycle_epochs=2.0,  # 4-step cycles: fgg_epochs(2, 2.0) = 3 epochs, the last step the second snapshot
     corruptions=("gaussian_noise", "contrast_down"),  # one noise and one intensity corruption
-    grid_points=5,  # a 5 x 5 plane and slice
+    grid_points=3,  # a 3 x 3 plane and slice
     lmc_points=5,  # 5-point LMC curves
     bn_images=64,  # every training image
-    methods=_ALL_METHODS,  # every method and BN setting, for the code paths
-    averaged_methods=_ALL_METHODS,  # (as the paper row)
+    methods=_ALL_METHODS,  # every method, for the code paths (GS+HS too)
     lmc_seeds=1,  # the one zoo
     lmc_bn=("averaged", "recomputed"),  # both BN settings, for the code paths
     landscape_datasets=("breastmnist",),  # the one dataset
