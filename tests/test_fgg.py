@@ -78,8 +78,8 @@ def test_zoo_configs_follow_the_paper_recipe():
     warm = ff.warmup_run(s, "retinamnist", 1)
     assert all(g.init == warm for g in grid)
     assert warm.train.linear_probe and not warm.train.bn_trainable
-    assert warm.init.dataset == ff.SOURCE["retinamnist"] and warm.init.init is None
-    assert {g.train.seed for g in grid} == {2, 3}
+    assert warm.init == "imagenet" and warm.model == "tf_efficientnet_lite0"  # one shared pre-trained init
+    assert {g.train.seed for g in grid} == {1}  # one grid seed: the zoo's seed
     bases = ff.base_runs(s, "retinamnist", 1)
     assert all(b in grid for b in bases)            # shared with the grid search through the run cache
     assert [b.train.lr for b in bases] == list(s["lrs"])
@@ -92,10 +92,41 @@ def test_zoo_configs_follow_the_paper_recipe():
     assert ff.pretrain_run(settings(FISSIONFUSION, "paper"), "retinamnist") == "imagenet"
 
 
+def test_every_profile_starts_from_imagenet_and_names_known_methods():
+    for profile in ("smoke", "cpu", "paper"):
+        s = settings(FISSIONFUSION, profile)
+        assert ff.pretrain_run(s, s["datasets"][0]) == "imagenet"
+        assert set(s["averaged_methods"]) <= set(s["methods"]) <= set(ff.SOUPS)
+        assert set(s["lmc_bn"]) <= {"averaged", "recomputed"} and 0 < s["lmc_seeds"] <= len(s["seeds"])
+    assert settings(FISSIONFUSION, "paper")["methods"] == ff.METHODS + ff.ABLATION
+    cpu = settings(FISSIONFUSION, "cpu")
+    assert len(cpu["seeds"]) >= 5 and {"retinamnist", "pneumoniamnist"} <= set(cpu["datasets"])
+    assert {"GoG", "FGG+Greedy", "Greedy soup", "GS(best)"} <= set(cpu["methods"])
+
+
+def test_lmc_pairs_differ_in_one_hyperparameter_only():
+    for profile in ("smoke", "cpu"):
+        s = settings(FISSIONFUSION, profile)
+        seed = s["seeds"][-1]
+        pairs = ff.lmc_pairs(s, s["datasets"][0], seed)
+        assert tuple(pairs) == ff.PAIR_KINDS
+        grid = ff.grid_runs(s, s["datasets"][0], seed)
+        for kind, (a, b) in pairs.items():
+            ta, tb = a.train, b.train
+            differs = {k for k in ("lr", "augment", "seed") if getattr(ta, k) != getattr(tb, k)}
+            assert differs == {{"seed": "seed", "augmentation": "augment", "learning rate": "lr"}[kind]}, (profile, kind)
+            assert a in grid  # the first run is always this zoo's (a run-cache hit after notebook 20)
+    cpu = settings(FISSIONFUSION, "cpu")
+    a, b = ff.lmc_pairs(cpu, "retinamnist", 4)["seed"]
+    assert b in ff.grid_runs(cpu, "retinamnist", 0) and a.init != b.init  # the next zoo, wrapping around
+    one = dict(cpu, seeds=(0,))
+    assert "seed" not in ff.lmc_pairs(one, "retinamnist", 0)
+
+
 @pytest.mark.skipif(real_file("breastmnist") is None, reason="breastmnist.npz not available")
 def test_fgg_run_stores_snapshots_as_artifacts(run_cache):
     s = settings(FISSIONFUSION, "smoke")
-    base = ff.grid_run(s, "breastmnist", 0, 1e-3, "heavy", 0).replace(init=None, train_subset=128)
+    base = ff.grid_run(s, "breastmnist", 0, 1e-3, "heavy", 0).replace(init=None, train_subset=64, model="smallcnn")
     base = base.with_train(epochs=1, device="cpu")
     result = run(ff.fgg_run(s, base), run_cache, progress=False)
     assert result.artifacts == [f"snapshot_{i}" for i in range(s["fgg_snapshots"])]

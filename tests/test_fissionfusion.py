@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 from medsoup.chapters import fissionfusion as ff
 from medsoup.chapters import tables
 from medsoup.chapters.fissionfusion import FISSIONFUSION
-from medsoup.core.bn import evaluate_state
+from medsoup.core.bn import evaluate_state, train_images
 from medsoup.core.corruptions import corrupted
 from medsoup.core.data import load_dataset
 from medsoup.core.models import create_model
+from medsoup.figures.fissionfusion import curve_band, lmc_bands
+from medsoup.merging.landscape import LMCCurve
 from medsoup.runs.profiles import settings
 from tests.conftest import real_file
 
@@ -48,21 +51,78 @@ def test_barrier_rows_keep_the_numbers():
     assert (row["barrier_metric"], row["barrier"], row["barrier_loss"]) == ("f1", 0.02, 0.005)
 
 
+def test_barrier_rows_take_each_records_seed():
+    barriers = [{"dataset": "d", "seed": s, "pair differs in": "learning rate", "BN": "BN recomputed",
+                 "barrier (f1)": 0.1 * s, "barrier (loss)": 0.01 * s} for s in (0, 1)]
+    rows = ff.barrier_rows(barriers)
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0]["method"] == ff.interpolation("learning rate")
+
+
+def _states(*values):
+    return [{"w": torch.tensor([float(v)])} for v in values]
+
+
+def _score(state):  # best at w = 1
+    return -abs(float(state["w"]) - 1.0)
+
+
+def _result(souped):
+    state, evaluations, weights = souped
+    return ff.MethodResult(state, {}, {}, evaluations, len(weights), None, weights)
+
+
+def test_soups_name_their_ingredients_and_weights():
+    groups = [_states(0.9, 1.3, 0.5), _states(-2.0, -3.0)]
+    labels = [["a0", "a1", "a2"], ["b0", "b1"]]
+    scores = [[_score(x) for x in g] for g in groups]
+    flat = ff.Pool([x for g in groups for x in g], [v for g in scores for v in g], [n for g in labels for n in g])
+    nested = ff.Pool(groups, scores, labels)
+    best = _result(ff.best_of(flat, _score))
+    assert best.weights == {"a0": 1.0}
+    uniform = _result(ff.uniform_of(flat, _score))
+    assert uniform.weights == {n: 0.2 for n in ("a0", "a1", "a2", "b0", "b1")}
+    greedy = _result(ff.greedy_of(flat, _score))
+    assert greedy.weights == {"a0": 0.5, "a1": 0.5} and float(greedy.state["w"]) == pytest.approx(1.1)
+    gog = _result(ff.hierarchical_of("greedy", nested, _score))
+    assert gog.weights == {"a0": 0.5, "a1": 0.5} and ff.same_soup(gog, greedy)  # group b never helps
+    gou = _result(ff.hierarchical_of("uniform", nested, _score))
+    assert gou.weights == pytest.approx({"a0": 1 / 3, "a1": 1 / 3, "a2": 1 / 3})
+    assert not ff.same_soup(gou, greedy) and not ff.same_soup(best, greedy)
+
+
+def test_curve_band_is_mean_and_std_over_seeds():
+    curves = [LMCCurve([0.0, 0.5, 1.0], [{"f1": v, "loss": 1 - v} for v in values]) for values in ([0.5, 0.4, 0.6], [0.7, 0.2, 0.6])]
+    lam, mean, std = curve_band(curves, "f1")
+    assert lam.tolist() == [0.0, 0.5, 1.0] and mean == pytest.approx([0.6, 0.3, 0.6])
+    assert std == pytest.approx([0.1414214, 0.1414214, 0.0])
+    assert curve_band(curves[:1], "f1")[2].tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="different lambdas"):
+        curve_band([curves[0], LMCCurve([0.0, 1.0], [{"f1": 0.0, "loss": 1.0}, {"f1": 1.0, "loss": 0.0}])], "f1")
+    figure = lmc_bands({"d": {"only seed": {"BN recomputed": curves}}}, {"d": "f1"})
+    assert len(figure.axes) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(real_file("breastmnist") is None or real_file("pneumoniamnist") is None,
                     reason="offline MedMNIST files not available")
 def test_pipeline_on_a_tiny_zoo():
-    s = settings(FISSIONFUSION, "smoke")
-    s.update(train_subset=64, source_subset=128, epochs=1, lrs=(1e-3,), augments=("heavy",), grid_seeds=1)
+    s = settings(FISSIONFUSION, "smoke")  # a smallcnn from a stand-in pre-training: the pipeline, cheaply
+    s.update(model="smallcnn", pretrain_epochs=1, train_subset=64, source_subset=128, epochs=1, lrs=(1e-3,),
+             augments=("heavy",), grid_seeds=1)
     zoo = ff.generate_zoo(s, "breastmnist", 0)
     assert len(zoo.grid) == 1 and zoo.base[0].key == zoo.grid[0].key
     assert zoo.compute()["FGG"]["models"] == 1 + s["fgg_snapshots"]
     data = load_dataset("breastmnist", train_subset=64)
-    results = ff.soup_methods(zoo, data, "auc", recalibrate=True)
+    results = ff.soup_methods(zoo, data, "auc", recalibrate=True, bn_images=32)
     assert set(results) == set(ff.METHODS + ff.ABLATION)
     assert results["Uniform soup"].ingredients == 1 and results["FGG+Uniform"].ingredients == 1 + s["fgg_snapshots"]
+    assert results["FGG+Uniform"].weights == {"lr 0.001 base": 1 / 3, "lr 0.001 snapshot 0": 1 / 3,
+                                              "lr 0.001 snapshot 1": 1 / 3}
+    assert all(abs(sum(r.weights.values()) - 1) < 1e-12 for r in results.values())
+    assert ff.same_soup(results["GoG"], results["FGG+Greedy"])  # one group: the same greedy soup
     model = create_model("smallcnn", 2)
     ood = ff.ood_metrics(model, results, data, ("gaussian_noise",), 3, recalibrate=True)
+    batches = train_images(data, model, max_images=32)
     rows = ff.long_rows("breastmnist", 0, True, results, ood)
     assert len(rows) == len(results) and rows[0]["ood_auc"] == ood[rows[0]["method"]]["gaussian_noise"]["auc"]
     per_corruption = ff.ood_rows("breastmnist", 0, True, ood)
@@ -71,8 +131,8 @@ def test_pipeline_on_a_tiny_zoo():
     shifted = corrupted(data, "gaussian_noise", 3)
     for name, result in results.items():
         for split in ("val", "test"):
-            assert _same(getattr(result, split), evaluate_state(model, result.state, data, split, True)), name
-        assert _same(ood[name]["gaussian_noise"], evaluate_state(model, result.state, shifted, "test", True)), name
+            assert _same(getattr(result, split), evaluate_state(model, result.state, data, split, batches)), name
+        assert _same(ood[name]["gaussian_noise"], evaluate_state(model, result.state, shifted, "test", batches)), name
     stored = ff.soup_methods(zoo, data, "auc", methods=("GoG",))
     plain = ff.ood_metrics(model, stored, data, ("gaussian_noise",), 3)
     assert _same(plain["GoG"]["gaussian_noise"], evaluate_state(model, stored["GoG"].state, shifted, "test"))

@@ -11,14 +11,14 @@ training split, so the effect of merging is not confused with the effect of reca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from medsoup.chapters.tables import row, scalars
-from medsoup.core.bn import StateEvaluator, bn_statistics
+from medsoup.core.bn import StateEvaluator, bn_statistics, train_images
 from medsoup.core.corruptions import corrupted
 from medsoup.core.data import MedData
 from medsoup.core.progress import progress
@@ -33,11 +33,15 @@ from medsoup.runs.store import RunConfig, RunResult, run, run_many
 METRIC = {"retinamnist": "f1", "pneumoniamnist": "f1", "breastmnist": "auc"}
 #: Each dataset's metric on the corrupted test sets (mean over corruptions) in the long rows.
 OOD_METRIC = {dataset: f"ood_{metric}" for dataset, metric in METRIC.items()}
-#: The dataset the stand-in "pre-trained" model is trained on, for each target dataset.
+#: The dataset the stand-in "pre-trained" model is trained on, for each target dataset (profiles with
+#: ``pretrain_epochs > 0``; no profile uses it now that every profile starts from ImageNet weights).
 SOURCE = {"breastmnist": "pneumoniamnist", "retinamnist": "pneumoniamnist", "pneumoniamnist": "retinamnist"}
 
-#: The corruptions (:mod:`medsoup.core.corruptions`) evaluated at the cpu and paper profiles.
+#: The corruptions (:mod:`medsoup.core.corruptions`) evaluated at the paper profile.
 _CORRUPTIONS = ("gaussian_noise", "speckle_noise", "gaussian_blur", "brightness_down", "contrast_down", "pixelate")
+#: Every method of Table 1, then the appendix ablation's (the names of :data:`TABLE1` and :data:`APPENDIX_A1`).
+_ALL_METHODS = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)", "GoU", "GoG",
+                "GS+HS(GoU)", "GS+HS(GoG)", "FGG+Uniform", "FGG+Greedy")
 
 #: The paper's settings (Sanjeev et al., Sec. 3, and its public code): an ImageNet ResNet-50 at 224 px, a
 #: 10-epoch linear-probe warm-up, a grid of 8 learning rates x 3 augmentations x 2 seeds fine-tuned for 50
@@ -46,52 +50,68 @@ _CORRUPTIONS = ("gaussian_noise", "speckle_noise", "gaussian_blur", "brightness_
 #: which at 4 epochs per cycle hold only 4 cycle minima (epochs 2, 6, 10, 14; the fifth ends epoch 18), so
 #: this profile trains ``fgg_epochs(5, 4.0)`` = 18, a departure listed in notebook 20. Datasets: RetinaMNIST
 #: for APTOS, PneumoniaMNIST for RSNA Pneumonia, and BreastMNIST (:data:`METRIC`), at 224 px.
+#: Analysis: ``methods`` are souped with BatchNorm statistics recomputed (the primary analysis),
+#: ``averaged_methods`` also with the averaged statistics the paper's code keeps; ``lmc_seeds`` zoo seeds and
+#: ``lmc_bn`` BatchNorm settings for notebook 21's LMC curves, its landscapes on ``landscape_datasets``.
 _PAPER: dict[str, Any] = dict(
     datasets=CPU_DATASETS, seeds=(0, 1, 2), grid_seeds=2, model="resnet50", size=224, train_subset=None,
     source_subset=None, pretrain_epochs=0, lp_epochs=10, lp_lr=1e-3, epochs=50,
     lrs=(1e-3, 5e-4, 1e-4, 5e-5, 1e-5, 5e-6, 1e-6, 1e-7), augments=("minimal", "medium", "heavy"), batch_size=128,
     weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=5, fgg_cycle_epochs=4.0, fgg_lr_max=1e-5,
-    fgg_lr_min=1e-8, corruptions=_CORRUPTIONS, severity=3, grid_points=21, lmc_points=21, bn_images=None)
+    fgg_lr_min=1e-8, corruptions=_CORRUPTIONS, severity=3, grid_points=21, lmc_points=21, bn_images=None,
+    methods=_ALL_METHODS, averaged_methods=_ALL_METHODS, lmc_seeds=3, lmc_bn=("averaged", "recomputed"),
+    landscape_datasets=CPU_DATASETS)
 
-#: A 2-core machine without a GPU: no ImageNet weights offline, so a stand-in "pre-trained" smallcnn
-#: (:func:`pretrain_run`), and a smaller grid.
+#: A 2-core machine without a GPU: the ImageNet-pretrained EfficientNet-Lite0 (offline weights), every zoo
+#: fine-tuned from it as in the paper, 5 seeds on the paper's two F1 datasets and a grid cut to fit
+#: notebook 20 in about 1500 s and notebook 21 in about 300 s (counted in image-passes in the chapter's text).
 _CPU: dict[str, Any] = dict(
     _PAPER,
-    model="smallcnn",  # a few seconds per epoch on two cores; no ImageNet weights needed
-    size=28,  # the one size all three offline datasets have
-    train_subset=1000,  # at most 1000 training images (stratified; PneumoniaMNIST has 4708, RetinaMNIST 1080)
-    source_subset=2000,  # the stand-in pre-training on 2000 images of SOURCE[dataset]
-    pretrain_epochs=8,  # > 0: pre-train the stand-in from scratch instead of loading ImageNet weights
-    lp_epochs=3,  # 3 warm-up epochs instead of 10
-    epochs=6,  # 6 epochs per grid model instead of 50 (16 models per dataset and seed on two cores)
-    lrs=(3e-3, 1e-3, 3e-4, 1e-4),  # 4 rates from 3e-3 to 1e-4 instead of 8 from 1e-3 to 1e-7
-    augments=("medium", "heavy"),  # 2 augmentation levels instead of 3
-    fgg_cycle_epochs=1.0,  # 1 epoch per cycle: 5 snapshots in fgg_epochs(5, 1.0) = 5 epochs, not 18
-    fgg_lr_max=1e-4,  # FGG's range moved up tenfold to suit a small network trained for few epochs
-    fgg_lr_min=1e-7,
-    grid_points=11,  # 11 x 11 landscapes and 11-point LMC curves instead of 21: each point is a validation pass
-    lmc_points=11,
-    bn_images=1024,  # BatchNorm recomputed on at most 1024 training images at each point, not all
+    datasets=("retinamnist", "pneumoniamnist"),  # the paper's APTOS and RSNA analogues (F1); no budget for Breast
+    seeds=(0, 1, 2, 3, 4),  # 5 seeds for every paired comparison; the grid is cut instead
+    grid_seeds=1,  # one seed per grid point: the zoos' seeds give the replicates
+    model="tf_efficientnet_lite0",  # the ImageNet CNN whose weights install offline (medsoup.core.pretrained)
+    size=28,  # the one size both offline datasets have; the stride-1 stem keeps 28 px usable
+    train_subset=400,  # 400 training images (stratified): ~6 s per Lite0 epoch on two cores
+    lp_epochs=1,  # 1 warm-up epoch (head only, BN frozen) instead of 10: the head starts sensible, not converged
+    epochs=2,  # 2 epochs (14 steps) per grid model instead of 50: the budget; 3 would cost ~330 s more
+    lrs=(1e-3, 3e-4, 1e-4),  # 3 rates around the measured fine-tuning rate 3e-4 instead of 8 down to 1e-7
+    augments=("medium", "heavy"),  # 2 augmentation levels instead of 3 (the FGG bases' "heavy" among them)
+    batch_size=64,  # 7 steps per epoch on 400 images
+    fgg_snapshots=2,  # 2 snapshots per base at 4-step cycles: fgg_epochs(2, 0.5) = 1 epoch per FGG run
+    fgg_cycle_epochs=0.5,  # half-epoch (4-step) cycles; 4 snapshots at 1-epoch cycles would cost 4 epochs per base
+    fgg_lr_max=1e-4,  # alpha_1 at the grid's smallest rate (paper: 1e-5 below its mid-grid rates), see notebook 20
+    fgg_lr_min=1e-6,  # alpha_2 = alpha_1 / 100 (paper: / 1000); the minimum is 2 steps from the maximum anyway
+    corruptions=("gaussian_noise",),  # one corruption: each costs a test pass per method and zoo (~45 s in all)
+    grid_points=9,  # a 9 x 9 plane and slice instead of 21 x 21: each point is a BN recompute and a val pass
+    lmc_points=11,  # 11-point LMC curves instead of 21
+    bn_images=256,  # BatchNorm recomputed on 256 of the 400 training images per evaluation (~100 s less)
+    methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy"),  # GS+HS dropped: one grid seed leaves 2 models per lr
+    averaged_methods=("Greedy soup", "GoG"),  # averaged BN re-checked on the comparison it used to decide
+    lmc_bn=("recomputed",),  # LMC with BN recomputed only: averaged-BN curves would cost ~90 s more
+    landscape_datasets=("retinamnist",),  # plane and slice on RetinaMNIST only: its 120 val images are cheap
 )
 
-#: Continuous integration: each code path of notebooks 20 and 21 in minutes; its numbers mean nothing.
+#: Continuous integration: each code path of notebooks 20 and 21 in a minute or two; its numbers mean nothing.
+#: The cpu profile's pretrained Lite0 on 64 BreastMNIST images, so the ImageNet path itself is exercised.
 _SMOKE: dict[str, Any] = dict(
     _CPU,
-    datasets=("breastmnist",),  # the smallest offline dataset, one seed, 128 training images
-    seeds=(0,),
-    train_subset=128,
-    source_subset=512,
-    pretrain_epochs=1,  # the shortest stand-in pre-training and warm-up; 2 epochs per grid model
-    lp_epochs=1,
-    epochs=2,
-    lrs=(1e-3, 1e-4),  # a 2 x 2 x 2 grid
-    batch_size=64,  # two steps per epoch on the 128 images
-    fgg_snapshots=2,  # 2 snapshots at 2 epochs per cycle: fgg_epochs(2, 2.0) = 3 FGG epochs
-    fgg_cycle_epochs=2.0,
+    datasets=("breastmnist",),  # the smallest offline dataset, one seed, 64 training images
+    seeds=(0,),  # one zoo
+    grid_seeds=2,  # two seeds per grid point: notebook 21's seed pair from the one zoo
+    train_subset=64,  # the fewest images that still give each class a few
+    epochs=1,  # 1 epoch per grid model: a 2 x 2 x 2 grid
+    lrs=(1e-3, 1e-4),  # 2 rates: hierarchical souping still has two groups
+    batch_size=32,  # two steps per epoch on the 64 images
+    fgg_cycle_epochs=2.0,  # 4-step cycles: fgg_epochs(2, 2.0) = 3 epochs, the last step the second snapshot
     corruptions=("gaussian_noise", "contrast_down"),  # one noise and one intensity corruption
-    grid_points=5,  # a 5 x 5 landscape and 5-point LMC curves
-    lmc_points=5,
-    bn_images=512,  # half the cpu value's BatchNorm images per point
+    grid_points=3,  # a 3 x 3 plane and slice
+    lmc_points=5,  # 5-point LMC curves
+    bn_images=64,  # every training image
+    methods=_ALL_METHODS,  # every method, for the code paths (GS+HS too)
+    lmc_seeds=1,  # the one zoo
+    lmc_bn=("averaged", "recomputed"),  # both BN settings, for the code paths
+    landscape_datasets=("breastmnist",),  # the one dataset
 )
 
 #: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
@@ -172,9 +192,22 @@ class Zoo:
         """Grid-search runs grouped by learning rate (GS+HS in the ablation)."""
         return [[r for r in self.grid if r.config["train"]["lr"] == lr] for lr in self.lrs]
 
-    def fgg_groups(self) -> list[list[dict[str, torch.Tensor]]]:
-        """Per learning rate: theta_t followed by its snapshots."""
-        return [[b.load_state()] + [f.load_artifact(a) for a in f.artifacts] for b, f in zip(self.base, self.fission)]
+    def fgg_groups(self, known: Mapping[str, dict[str, torch.Tensor]] | None = None) -> list[list[dict[str, torch.Tensor]]]:
+        """Per learning rate: theta_t followed by its snapshots. ``known``: states already loaded, by
+        run key (a base model that is also a grid run is then the same state, evaluated once)."""
+        known = known or {}
+        return [[known[b.key] if b.key in known else b.load_state()] + [f.load_artifact(a) for a in f.artifacts]
+                for b, f in zip(self.base, self.fission)]
+
+    def grid_labels(self) -> list[str]:
+        """A name per grid run: its learning rate, augmentation and seed."""
+        return [_label(r.config["train"]) for r in self.grid]
+
+    def fgg_labels(self) -> list[list[str]]:
+        """Names in the shape of :meth:`fgg_groups`: ``lr <rate> base``, ``lr <rate> snapshot <i>``."""
+        return [[f"lr {b.config['train']['lr']:g} base"] +
+                [f"lr {b.config['train']['lr']:g} snapshot {i}" for i in range(len(f.artifacts))]
+                for b, f in zip(self.base, self.fission)]
 
     def find(self, lr: float, augment: str, replicate: int = 0) -> RunResult:
         """The grid run with this learning rate, augmentation and seed replicate."""
@@ -199,6 +232,10 @@ class Zoo:
                         "wall_time": base["wall_time"] + fission["wall_time"]}}
 
 
+def _label(train: Mapping[str, Any]) -> str:
+    return f"lr {train['lr']:g}, {train['augment']}, seed {train['seed']}"
+
+
 def generate_zoo(s: dict, dataset: str, seed: int, executor=None, progress: bool = False) -> Zoo:
     """Train (or load from the run cache) every model of one dataset and seed. The shared warm-up
     theta_0 is trained first, so parallel workers never train it twice."""
@@ -212,7 +249,9 @@ def generate_zoo(s: dict, dataset: str, seed: int, executor=None, progress: bool
 @dataclass
 class MethodResult:
     """One method's soup ``state``, its metrics, evaluations and ingredients; ``statistics``: its
-    recomputed BatchNorm buffers when :func:`soup_methods` recalibrated (reused by :func:`ood_metrics`)."""
+    recomputed BatchNorm buffers when :func:`soup_methods` recalibrated (reused by :func:`ood_metrics`);
+    ``weights``: each ingredient's name (:meth:`Zoo.grid_labels`, :meth:`Zoo.fgg_labels`) and its weight
+    in the soup (the weights sum to 1)."""
 
     state: dict[str, torch.Tensor]
     val: dict
@@ -220,6 +259,7 @@ class MethodResult:
     evaluations: int
     ingredients: int
     statistics: dict[str, torch.Tensor] | None = None
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,41 +268,58 @@ class Pool:
     ``scores`` in the same shape, with the evaluations it costs: ``upfront``, spent by every method on
     the pool (the FGG pools: the snapshots' scores, which no run recorded, and with recalibration the
     base models' too), and ``scoring``, spent only by a method that reads the scores (the grid pools,
-    with recalibration: the runs' scores recomputed)."""
+    with recalibration: the runs' scores recomputed). ``labels``: the candidates' names, in the
+    shape of ``states``."""
 
     states: list
     scores: list
+    labels: list | None = None
     upfront: int = 0
     scoring: int = 0
 
+    def __post_init__(self):
+        if self.labels is None:  # the candidates' positions ("0", "1", ...; "0.1" for group 0's second member)
+            self.labels = [[f"{g}.{i}" for i in range(len(group))] if isinstance(group, (list, tuple)) else str(g)
+                           for g, group in enumerate(self.states)]
 
-Souped = tuple[dict[str, torch.Tensor], int, int]  # (state, evaluations, ingredients)
+
+Souped = tuple[dict[str, torch.Tensor], int, dict[str, float]]  # (state, evaluations, ingredient -> weight)
 Soup = Callable[[Pool, ScoreFn], Souped]
 
 
 def best_of(pool: Pool, score: ScoreFn) -> Souped:
     """The candidate with the best validation score (GS(best), FGG(best))."""
     best = max(range(len(pool.states)), key=lambda i: pool.scores[i])
-    return pool.states[best], pool.upfront + pool.scoring, 1
+    return pool.states[best], pool.upfront + pool.scoring, {pool.labels[best]: 1.0}
 
 
 def uniform_of(pool: Pool, score: ScoreFn) -> Souped:
     """The uniform soup of every candidate; one evaluation, of the soup."""
-    return uniform_soup(pool.states), pool.upfront + 1, len(pool.states)
+    return uniform_soup(pool.states), pool.upfront + 1, {name: 1 / len(pool.labels) for name in pool.labels}
 
 
 def greedy_of(pool: Pool, score: ScoreFn) -> Souped:
     """The greedy soup of the candidates, in order of their scores."""
     soup = greedy_soup(pool.states, score, pool.scores)
-    return soup.state, pool.upfront + pool.scoring + soup.evaluations, len(soup.kept)
+    return soup.state, pool.upfront + pool.scoring + soup.evaluations, {pool.labels[i]: 1 / len(soup.kept)
+                                                                        for i in soup.kept}
 
 
 def hierarchical_of(local: str, pool: Pool, score: ScoreFn) -> Souped:
     """Hierarchical souping of the pool's groups, each ``local``-ly ("uniform": GoU, "greedy": GoG),
-    then greedily across groups; the ingredients are those of the groups the top soup kept."""
+    then greedily across groups; the ingredients are those of the groups the top soup kept, each
+    weighted 1 / (groups kept) x 1 / (its group's members kept)."""
     soup = hierarchical_soup(pool.states, score, local, pool.scores)
-    kept = sum(len(soup.local[i].kept) for i in soup.top.kept)
-    return soup.state, pool.upfront + pool.scoring + soup.evaluations, kept
+    weights = {pool.labels[g][i]: 1 / len(soup.top.kept) / len(soup.local[g].kept)
+               for g in soup.top.kept for i in soup.local[g].kept}
+    return soup.state, pool.upfront + pool.scoring + soup.evaluations, weights
+
+
+def same_soup(a: MethodResult, b: MethodResult, tolerance: float = 1e-9) -> bool:
+    """Whether two methods built the same soup: the same ingredients with the same weights (e.g. GoG
+    and FGG+Greedy when GoG keeps one group, or both keep only the best model)."""
+    return a.weights.keys() == b.weights.keys() and all(abs(a.weights[k] - b.weights[k]) <= tolerance
+                                                       for k in a.weights)
 
 
 #: Table 1's methods: name -> (the pool it soups, how). Pools: "grid" (the grid-search runs), "fgg" (FGG's
@@ -290,9 +347,12 @@ ABLATION = tuple(APPENDIX_A1)
 
 
 def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False,
-                 methods: tuple[str, ...] = METHODS + ABLATION) -> dict[str, MethodResult]:
+                 methods: tuple[str, ...] = METHODS + ABLATION, bn_images: int | None = None) -> dict[str, MethodResult]:
     """Every method of Table 1 and the ablation (:data:`SOUPS`), selected on validation ``metric``.
 
+    ``recalibrate``: every state evaluated (candidates, soups, single models) first gets its BatchNorm
+    statistics recomputed on (at most ``bn_images`` of) the clean training images; otherwise it
+    keeps those it carries (averaged ones for a soup, as the paper's code).
     ``evaluations``: validation evaluations each method spent beyond the runs' recorded scores
     (with ``recalibrate``, the candidates' own scores are recomputed too and counted; see :class:`Pool`).
     """
@@ -300,32 +360,35 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SOUPS)}")
     model = zoo.grid[0].load_model()
-    evaluator = StateEvaluator(model, data, recalibrate)
+    batches = train_images(data, model, max_images=bn_images) if recalibrate else False
+    evaluator = StateEvaluator(model, data, batches)
     score = evaluator.scorer(metric)
     grid_states = [r.load_state() for r in zoo.grid]
     grid_scores = [score(s) for s in grid_states] if recalibrate else [r.val[metric] for r in zoo.grid]
     grid_evaluations = len(grid_states) if recalibrate else 0
-    groups = zoo.fgg_groups()
+    groups = zoo.fgg_groups({r.key: state for r, state in zip(zoo.grid, grid_states)})
     group_scores = [[score(g[0]) if recalibrate else b.val[metric]] + [score(s) for s in g[1:]]
                     for b, g in zip(zoo.base, groups)]
     snapshot_evaluations = sum(len(g) - (0 if recalibrate else 1) for g in groups)
     by_lr = [[zoo.grid.index(r) for r in g] for g in zoo.grid_groups()]
-    pools = {"grid": Pool(grid_states, grid_scores, scoring=grid_evaluations),
+    grid_labels, fgg_labels = zoo.grid_labels(), zoo.fgg_labels()
+    pools = {"grid": Pool(grid_states, grid_scores, grid_labels, scoring=grid_evaluations),
              "fgg": Pool([s for g in groups for s in g], [v for g in group_scores for v in g],
-                         upfront=snapshot_evaluations),
+                         [name for g in fgg_labels for name in g], upfront=snapshot_evaluations),
              "grid by lr": Pool([[grid_states[i] for i in g] for g in by_lr],
-                                [[grid_scores[i] for i in g] for g in by_lr], scoring=grid_evaluations),
-             "fgg groups": Pool(groups, group_scores, upfront=snapshot_evaluations)}
+                                [[grid_scores[i] for i in g] for g in by_lr],
+                                [[grid_labels[i] for i in g] for g in by_lr], scoring=grid_evaluations),
+             "fgg groups": Pool(groups, group_scores, fgg_labels, upfront=snapshot_evaluations)}
     out: dict[str, MethodResult] = {}
     bar = progress(methods, desc=f"soups ({'BN recalibrated' if recalibrate else 'stored BN'})")
     for name in bar:
         bar.set_postfix_str(name)
         pool, soup = SOUPS[name]
-        state, evaluations, ingredients = soup(pools[pool], score)
+        state, evaluations, weights = soup(pools[pool], score)
         val = evaluator.metrics(state, "val")  # remembered when the soup scored this very state
         test = evaluator.metrics(state, "test")  # the state stays loaded (and recalibrated) from val
         statistics = bn_statistics(evaluator.load(state)) if recalibrate else None  # loaded unless both were known
-        out[name] = MethodResult(state, val, test, evaluations, ingredients, statistics)
+        out[name] = MethodResult(state, val, test, evaluations, len(weights), statistics, weights)
     return out
 
 
@@ -358,14 +421,15 @@ def long_rows(dataset: str, seed: int, recalibrate: bool, results: dict[str, Met
               ood: dict[str, dict[str, dict]] | None = None) -> list[dict]:
     """The chapter's long rows (:mod:`medsoup.chapters.tables`), one per method of :func:`soup_methods`:
     test metrics, ``val_*`` metrics, ``ood_*`` (mean over the corrupted test sets of
-    :func:`ood_metrics`), ``recalibrate``, ``evaluations`` and ``ingredients``."""
+    :func:`ood_metrics`), ``recalibrate``, ``evaluations``, ``ingredients`` and ``kept`` (each
+    ingredient's name and weight)."""
     out = []
     for name, r in results.items():
         shifted = list(ood[name].values()) if ood and name in ood else []
         mean_ood = {k: sum(m[k] for m in shifted) / len(shifted) for k in scalars(shifted[0])} if shifted else {}
         out.append({**row("FissionFusion", name, _role(name), dataset, seed, r.test), **scalars(r.val, "val_"),
                     **scalars(mean_ood, "ood_"), "recalibrate": recalibrate, "evaluations": r.evaluations,
-                    "ingredients": r.ingredients})
+                    "ingredients": r.ingredients, "kept": "; ".join(f"{k} ({w:.3g})" for k, w in r.weights.items())})
     return out
 
 
@@ -380,21 +444,66 @@ def ood_rows(dataset: str, seed: int, recalibrate: bool, ood: dict[str, dict[str
             for name, per in ood.items() for corruption, metrics in per.items()]
 
 
+#: The paired comparisons behind the chapter's verdicts: each soup against the greedy soup of the grid
+#: search, and each method against the best single model of the grid search (GS(best)).
+CLAIMS = (("Uniform soup", "Greedy soup"), ("GoU", "Greedy soup"), ("GoG", "Greedy soup"),
+          ("FGG+Greedy", "Greedy soup"), ("Greedy soup", "GS(best)"), ("FGG(best)", "GS(best)"),
+          ("GoU", "GS(best)"), ("GoG", "GS(best)"))
+
+
+def claims(methods) -> list[tuple[str, str]]:
+    """The pairs of :data:`CLAIMS` whose both sides are among ``methods``."""
+    return [(a, b) for a, b in CLAIMS if a in methods and b in methods]
+
+
 def bn_pairs(methods) -> list[tuple[dict, dict]]:
     """Selector pairs (:func:`medsoup.chapters.tables.paired`): each method with its BatchNorm
     statistics recomputed against the same method with the averaged ones."""
     return [({"method": m, "recalibrate": True, "label": f"{m} with BN recomputed"},
-             {"method": m, "recalibrate": False, "label": m}) for m in methods]
+             {"method": m, "recalibrate": False, "label": f"{m} with BN averaged"}) for m in methods]
 
 
-def barrier_rows(barriers: list[dict], seed: int) -> list[dict]:
-    """Long rows of the landscape notebook's barrier records (``dataset``, ``pair differs in``, ``BN``,
-    ``barrier (<metric>)``, ``barrier (loss)``): method ``interpolation, only <kind> differs``,
-    ``recalibrate``, ``barrier_metric``, ``barrier`` and ``barrier_loss``."""
+#: The pair kinds of notebook 21's LMC curves: zoo members that differ in one hyperparameter only.
+PAIR_KINDS = ("seed", "augmentation", "learning rate")
+
+
+def lmc_pairs(s: dict, dataset: str, seed: int) -> dict[str, tuple[RunConfig, RunConfig]]:
+    """Notebook 21's pairs of grid-search runs (:func:`grid_run`, so run-cache hits after notebook 20),
+    per kind of :data:`PAIR_KINDS`, at the middle learning rate and the last augmentation unless that
+    is what differs: ``learning rate``: the largest against the smallest rate; ``augmentation``: the
+    first against the last; ``seed``: replicates 0 and 1 of the zoo, or, with one grid seed, this
+    zoo's run against the same grid point of the next zoo seed of ``s["seeds"]`` (its warm-up and
+    fine-tuning seeds differ; both start from the same pre-trained backbone). A kind the settings
+    cannot form (one rate, one augmentation, one seed) is left out."""
+    lrs, augs = s["lrs"], s["augments"]
+    lr, aug = lrs[len(lrs) // 2], augs[-1]
+    out = {}
+    if s["grid_seeds"] > 1:
+        out["seed"] = (grid_run(s, dataset, seed, lr, aug, 0), grid_run(s, dataset, seed, lr, aug, 1))
+    elif len(s["seeds"]) > 1:
+        seeds = list(s["seeds"])
+        other = seeds[(seeds.index(seed) + 1) % len(seeds)]
+        out["seed"] = (grid_run(s, dataset, seed, lr, aug, 0), grid_run(s, dataset, other, lr, aug, 0))
+    if len(augs) > 1:
+        out["augmentation"] = (grid_run(s, dataset, seed, lr, augs[0], 0), grid_run(s, dataset, seed, lr, aug, 0))
+    if len(lrs) > 1:
+        out["learning rate"] = (grid_run(s, dataset, seed, lrs[0], aug, 0), grid_run(s, dataset, seed, lrs[-1], aug, 0))
+    return out
+
+
+def barrier_rows(barriers: list[dict], seed: int | None = None) -> list[dict]:
+    """Long rows of the landscape notebook's barrier records (``dataset``, ``seed`` (else ``seed``),
+    ``pair differs in``, ``BN``, ``barrier (<metric>)``, ``barrier (loss)``): method
+    ``interpolation, only <kind> differs``, ``recalibrate``, ``barrier_metric``, ``barrier`` and ``barrier_loss``."""
     out = []
     for b in barriers:
         metric = next(k[len("barrier ("):-1] for k in b if k.startswith("barrier (") and k != "barrier (loss)")
-        out.append(row("FissionFusion", f"interpolation, only {b['pair differs in']} differs", "measurement",
-                       b["dataset"], seed, recalibrate=b["BN"] == "BN recomputed", barrier_metric=metric,
+        out.append(row("FissionFusion", interpolation(b["pair differs in"]), "measurement", b["dataset"],
+                       b.get("seed", seed), recalibrate=b["BN"] == "BN recomputed", barrier_metric=metric,
                        barrier=b[f"barrier ({metric})"], barrier_loss=b["barrier (loss)"]))
     return out
+
+
+def interpolation(kind: str) -> str:
+    """The method name of :func:`barrier_rows` for a pair kind."""
+    return f"interpolation, only {kind} differs"

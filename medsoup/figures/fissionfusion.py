@@ -1,5 +1,5 @@
-"""Figures of the FissionFusion chapter: error-landscape slices (Fig. 1), LMC curves (Appendix
-B1), soups with and without BatchNorm recalibration, and in- vs out-of-distribution scores."""
+"""Figures of the FissionFusion chapter: error-landscape slices (Fig. 1), LMC curves as mean ± std over
+seeds (Appendix B1), soups with and without BatchNorm recalibration, and in- vs out-of-distribution scores."""
 
 from __future__ import annotations
 
@@ -35,19 +35,32 @@ def landscapes(scapes: Mapping[str, Landscape], metric: str = "acc", labels: Seq
     return fig
 
 
-def lmc_curves(curves: Mapping[str, Mapping[str, Mapping[str, LMCCurve]]], metric_of: Mapping[str, str]):
-    """One row per dataset (key of ``curves``), one panel per pair kind, one line per curve label
-    (e.g. "BN averaged", "BN recomputed"); the y-axis is the dataset's metric ``metric_of[dataset]``."""
-    ncols = max(len(panels) for panels in curves.values())
-    fig, axes = figure(len(curves), ncols, width=3.4, height=2.7)
-    axes = np.asarray(axes).reshape(len(curves), ncols)
+def curve_band(curves: Sequence[LMCCurve], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``lambdas``, mean and std (0 for one curve) of ``metric`` over curves sampled at the same lambdas."""
+    lambdas = np.asarray(curves[0].lambdas, dtype=float)
+    if any(len(c.lambdas) != len(lambdas) or not np.allclose(c.lambdas, lambdas) for c in curves):
+        raise ValueError("the curves are sampled at different lambdas")
+    values = np.array([c.values(metric) for c in curves], dtype=float)
+    return lambdas, values.mean(axis=0), values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(lambdas))
+
+
+def lmc_bands(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[LMCCurve]]]], metric_of: Mapping[str, str]):
+    """One row per dataset (key of ``curves``), two panels: its metric ``metric_of[dataset]`` and the
+    loss along lambda; one line per pair kind and curve label (e.g. "only seed", "BN recomputed"), the
+    mean over the curves (one per seed) with a band of ± one standard deviation."""
+    fig, axes = figure(len(curves), 2, width=4.2, height=2.9)
+    axes = np.asarray(axes).reshape(len(curves), 2)
     for row, (dataset, panels) in zip(axes, curves.items()):
-        for ax, (title, lines) in zip(row, panels.items()):
-            for label, curve in lines.items():
-                ax.plot(curve.lambdas, curve.values(metric_of[dataset]), marker="o", markersize=3, label=label)
-            ax.set(title=f"{dataset}: {title}", xlabel=r"$\lambda$ ($\theta_B$ at 0, $\theta_A$ at 1)",
-                   ylabel=f"val {metric_of[dataset]}")
-    axes[0, 0].legend(fontsize=8)
+        for ax, metric in zip(row, (metric_of[dataset], "loss")):
+            for kind, lines in panels.items():
+                for label, group in lines.items():
+                    lam, mean, std = curve_band(group, metric)
+                    name = kind if len(lines) == 1 else f"{kind}, {label}"
+                    (line,) = ax.plot(lam, mean, marker="o", markersize=3, label=f"{name} (n={len(group)})")
+                    ax.fill_between(lam, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.set(title=f"{dataset}: val {metric}", xlabel=r"$\lambda$ ($\theta_B$ at 0, $\theta_A$ at 1)",
+                   ylabel=f"val {metric}")
+    axes[0, 0].legend(fontsize=7)
     return fig
 
 
