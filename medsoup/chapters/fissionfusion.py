@@ -54,7 +54,8 @@ _ALL_METHODS = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)", "GoU", "
 #: ``averaged_methods`` also with the averaged statistics the paper's code keeps; ``lmc_seeds`` zoo seeds and
 #: ``lmc_bn`` BatchNorm settings for notebook 21's LMC curves, its landscapes on ``landscape_datasets``.
 _PAPER: dict[str, Any] = dict(
-    datasets=CPU_DATASETS, seeds=(0, 1, 2), grid_seeds=2, model="resnet50", size=224, train_subset=None,
+    datasets=CPU_DATASETS, seeds=(0, 1, 2), grid_seeds=2, model="resnet50", size=224, file_size=None,
+    train_subset=None,
     source_subset=None, pretrain_epochs=0, lp_epochs=10, lp_lr=1e-3, epochs=50,
     lrs=(1e-3, 5e-4, 1e-4, 5e-5, 1e-5, 5e-6, 1e-6, 1e-7), augments=("minimal", "medium", "heavy"), batch_size=128,
     weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=5, fgg_cycle_epochs=4.0, fgg_lr_max=1e-5,
@@ -92,6 +93,29 @@ _CPU: dict[str, Any] = dict(
     landscape_datasets=("retinamnist",),  # plane and slice on RetinaMNIST only: its 120 val images are cheap
 )
 
+#: One CUDA GPU, offline: the cpu profile's Lite0 at its ImageNet resolution, a larger grid, 10 seeds. Not yet
+#: measured on a GPU: sized by an estimate of ~4,000 training images/s for Lite0 at 224 px in bfloat16 on an
+#: H100: 2 datasets x 10 seeds x (12 grid models x 5 epochs + 4 FGG runs x 4 epochs) x 1,000 images = 1.5 M
+#: image-passes, about 6 minutes, plus the soups' evaluations.
+_GPU: dict[str, Any] = dict(
+    _CPU,
+    size=224,  # Lite0's ImageNet resolution (stride-2 stem as pre-trained) ...
+    file_size=28,  # ... from the offline 28 px files, resized on the GPU (medsoup.core.data.load_dataset)
+    seeds=tuple(range(10)),  # 10 seeds for every paired comparison
+    train_subset=1000,  # at most 1000 training images (RetinaMNIST has 1080, PneumoniaMNIST 4708)
+    lp_epochs=2,
+    epochs=5,  # 5 epochs per grid model
+    lrs=(1e-3, 3e-4, 1e-4, 3e-5),  # 4 rates x 3 augmentations (the paper's levels) x 1 seed = 12 grid models
+    augments=("minimal", "medium", "heavy"),
+    batch_size=128,
+    fgg_snapshots=4,  # 4 snapshots at 1-epoch cycles: fgg_epochs(4, 1.0) epochs per base
+    fgg_cycle_epochs=1.0,
+    corruptions=_CORRUPTIONS,  # every corruption of the paper profile
+    grid_points=11,
+    bn_images=512,
+    averaged_methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy"),  # the averaged-BN re-check for every method
+)
+
 #: Continuous integration: each code path of notebooks 20 and 21 in a minute or two; its numbers mean nothing.
 #: The cpu profile's pretrained Lite0 on 64 BreastMNIST images, so the ImageNet path itself is exercised.
 _SMOKE: dict[str, Any] = dict(
@@ -115,7 +139,7 @@ _SMOKE: dict[str, Any] = dict(
 )
 
 #: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
-FISSIONFUSION: dict[str, dict] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
+FISSIONFUSION: dict[str, dict] = {"smoke": _SMOKE, "cpu": _CPU, "gpu": _GPU, "paper": _PAPER}
 
 
 def _train(s: dict, dataset: str, **changes) -> TrainConfig:
@@ -132,14 +156,16 @@ def pretrain_run(s: dict, dataset: str) -> RunConfig | str:
     source = SOURCE[dataset]
     train = _train(s, source, epochs=s["pretrain_epochs"], lr=1e-3, augment="medium", schedule="multistep",
                    select_metric="auc", seed=0)
-    return RunConfig(dataset=source, size=s["size"], model=s["model"], train=train, train_subset=s["source_subset"])
+    return RunConfig(dataset=source, size=s["size"], file_size=s["file_size"], model=s["model"], train=train,
+                     train_subset=s["source_subset"])
 
 
 def warmup_run(s: dict, dataset: str, seed: int) -> RunConfig:
     """theta_0: linear probing (head only, BatchNorm frozen) on top of the pre-trained model."""
     train = _train(s, dataset, epochs=s["lp_epochs"], lr=s["lp_lr"], linear_probe=True, bn_trainable=False,
                    augment="none", seed=seed)
-    return RunConfig(dataset=dataset, size=s["size"], model=s["model"], init=pretrain_run(s, dataset),
+    return RunConfig(dataset=dataset, size=s["size"], file_size=s["file_size"], model=s["model"],
+                     init=pretrain_run(s, dataset),
                      train=train, train_subset=s["train_subset"])
 
 
