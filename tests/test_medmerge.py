@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from medsoup.chapters import medmerge as mr
+from medsoup.core.checkpoint import save_checkpoint
 from medsoup.core.models import classifier_keys, create_model
 from medsoup.core.train import fit
 from medsoup.merging import medmerge as mm
@@ -175,8 +176,10 @@ def test_fit_trains_w_and_leaves_sources_untouched(pair):
 
 
 def test_builder_lp_then_ft_through_the_run_layer(run_cache):
-    s = dict(mr.MEDMERGE["smoke"], train_subset=32, batch_size=16, lp_epochs=1, ft_epochs=1,
-             source_recipe=dict(mr.MEDMERGE["smoke"]["source_recipe"], epochs=1, train_subset=32))
+    # The smoke settings on a smallcnn (two sources trained from scratch) so that the whole chain runs in seconds.
+    s = dict(mr.MEDMERGE["smoke"], model="smallcnn", train_subset=32, batch_size=16, lp_epochs=1, ft_epochs=1,
+             sources={"breastmnist": ("pneumoniamnist", "retinamnist")},
+             source_recipe=dict(mr.MEDMERGE["smoke"]["source_recipe"], epochs=1, train_subset=32, init=None))
     final = mr.medmerge_run(s, "breastmnist", seed=0)
     lp = final.init
     assert lp.builder == "medmerge" and isinstance(lp.builder_params["source_b"], RunConfig)
@@ -188,6 +191,7 @@ def test_builder_lp_then_ft_through_the_run_layer(run_cache):
     assert 0 <= result.test["acc"] <= 1
     # the stored LP model is the baked plain model: one backbone, w recoverable from its kernels
     assert type(run(lp, progress=False).load_model()).__name__ == "SmallCNN"
+    assert lp.builder_params["w_scale"] == s["w_scale"]
     w = mr.learnt_weights(s, "breastmnist", seed=0)
     # (NaN marks kernels identical in both sources: after one epoch from one shared init, dead ones)
     known = torch.cat([v[~v.isnan()] for v in w.values()])
@@ -195,6 +199,68 @@ def test_builder_lp_then_ft_through_the_run_layer(run_cache):
     rows = mr.feature_map_rows(s, "breastmnist", 0, torch.randn(3, 28, 28))
     assert list(rows) == ["source b: pneumoniamnist", "source c: retinamnist", "MedMerge (merged, LP)"]
     assert [tuple(m.shape) for m in rows["MedMerge (merged, LP)"].values()] == [(32, 28, 28), (128, 7, 7)]
+
+
+@pytest.mark.parametrize("parametrisation", mm.PARAMETRISATIONS)
+def test_w_scale_keeps_the_merge_and_inverts(parametrisation):
+    raw = torch.linspace(-0.01, 0.01, 5)
+    assert torch.allclose(mm.weight_values(raw, parametrisation, 100.0), mm.weight_values(100 * raw, parametrisation))
+    w = torch.tensor([0.1, 0.5, 0.9])
+    assert torch.allclose(mm.weight_values(mm.raw_values(w, parametrisation, 50.0), parametrisation, 50.0), w)
+    with pytest.raises(ValueError, match="w_scale must be positive"):
+        merged_model((trained_like(2, 1), trained_like(5, 2)), w_scale=0.0)
+
+
+def test_w_moves_with_w_scale_and_not_without(pair):
+    """A few Adam steps at lr 1e-3 move raw w by about 1e-3 each: w stays within 0.005 of 0.5 at w_scale 1,
+    and moves by more than 0.05 somewhere at w_scale 100 (a short LP stage, as in the cpu profile)."""
+    data = tiny("breastmnist", n=64)
+    shift = {}
+    for scale in (1.0, 100.0):
+        model = merged_model(pair, w_scale=scale)
+        model.template.reset_classifier(data.num_classes)
+        fit(model, data, TINY_TRAIN.replace(epochs=2, lr=1e-3, weight_decay=0.0, restore_best=False), progress=False)
+        shift[scale] = max(float((w - 0.5).abs().max()) for w in model.weights().values())
+    assert shift[1.0] < 0.005
+    assert shift[100.0] > 0.05
+
+
+def test_builder_passes_w_scale(run_cache):
+    b, c = trained_like(2, 1), trained_like(5, 2)
+    paths = [str(save_checkpoint(run_cache / name, model.state_dict(), {"architecture": ARCH}))
+             for name, model in (("b", b), ("c", c))]
+    config = RunConfig(dataset="breastmnist", builder="medmerge",
+                       builder_params={"source_b": paths[0], "source_c": paths[1], "w_scale": 30.0})
+    assert builders.MedMergeBuilder.build(config, tiny("breastmnist")).w_scale == 30.0
+
+
+def test_cpu_profile_merges_imagenet_with_a_medical_lite0_and_lets_w_move():
+    s = mr.MEDMERGE["cpu"]
+    assert s["model"] == "tf_efficientnet_lite0" and len(s["seeds"]) >= 5 and s["train_subset"] == 400
+    for target in s["targets"]:
+        b, c = s["sources"][target]
+        assert b == "imagenet" and c not in s["targets"]
+        source = mr.source_config(s, c)
+        assert source.init == "imagenet" and source.model == s["model"] and source.train.seed == 0
+        assert source.train_subset <= 1000
+        assert mr.medmerge_lp_run(s, target, 0).builder_params["w_scale"] == s["w_scale"]
+        assert mr.w_bound(s, target, 1.0) < 0.005 < 0.2 < mr.w_bound(s, target)
+    assert [a for a, _, _ in mr.approaches(s, "breastmnist", 0)] == ["FT", "FT", "LP-FT", "LP-FT", "MedMerge"]
+    assert s["ablation_seeds"] == (0, 1, 2) and set(s["ablation_ft"]) <= set(mr.ABLATIONS)
+    assert list(mr.ablations(s, "breastmnist")) == list(mr.ABLATIONS)
+
+
+def test_plain_sigmoid_ablation_is_the_default_where_w_scale_is_one():
+    s = mr.MEDMERGE["paper"]
+    assert "w_scale" not in mr.medmerge_lp_run(s, "pneumoniamnist", 0).builder_params
+    assert "w_scale 1 (plain sigmoid)" not in mr.ablations(s, "pneumoniamnist")
+    assert mr.medmerge_lp_run(s, "pneumoniamnist", 0, w_scale=1.0) == mr.medmerge_lp_run(s, "pneumoniamnist", 0)
+
+
+def test_w_shift_is_per_seed_and_source_distance_is_relative():
+    per_seed = [{"l": torch.tensor([0.6, 0.4, float("nan")])}, {"l": torch.tensor([0.4, 0.6, 0.5])}]
+    assert mr.w_shift(per_seed) == pytest.approx({"l": (0.1 + (0.2 / 3)) / 2})
+    assert mr.mean_learnt_weights(per_seed)["l"].tolist() == pytest.approx([0.5, 0.5, 0.5])
 
 
 def test_builder_rejects_unknown_options():

@@ -1,10 +1,10 @@
 """The MedMerge chapter's runs: sources, FT, LP-FT and MedMerge LP -> FT, and their tables.
 
-Every number comes from :func:`medsoup.runs.store.run` (cached). For each target dataset two sources
-are trained (or, in the ``paper`` profile, taken from ImageNet) with :func:`~medsoup.chapters.baselines.baseline_run`
-and then, per seed:
+Every number comes from :func:`medsoup.runs.store.run` (cached). For each target dataset source b is
+ImageNet and source c a backbone fine-tuned from ImageNet on another medical dataset
+(:func:`~medsoup.chapters.baselines.baseline_run`, seed 0), as in the paper; then, per seed:
 
-* **FT**: fine-tune from one source (also from scratch, as a reference);
+* **FT**: fine-tune from one source (a new head: the source's is never kept);
 * **LP-FT** (Kumar et al. 2022): linear probe (head and BatchNorm) from one source, then FT;
 * **MedMerge**: the MedMerge LP stage (``builder="medmerge"``) from both sources, then FT of the
   baked model.
@@ -24,71 +24,92 @@ from torch import nn
 from medsoup.chapters.baselines import BASELINE, baseline_run
 from medsoup.chapters.tables import row, scalars
 from medsoup.core.checkpoint import load_metadata
+from medsoup.core.data import load_dataset
 from medsoup.core.models import conv_layers, create_model
 from medsoup.core.train import TrainConfig
 from medsoup.merging.medmerge import merged_keys, recover_weights
 from medsoup.runs.builders import source_state
-from medsoup.runs.profiles import CPU_DATASETS
 from medsoup.runs.store import RunConfig, RunResult, run, run_many
 
-#: Sources per target: each target's sources are the two other offline datasets (cpu, smoke), or
-#: ImageNet plus the same-modality MedMNIST dataset as in the paper (ChestMNIST -> PneumoniaMNIST).
-LEAVE_ONE_OUT = {t: tuple(d for d in CPU_DATASETS if d != t) for t in CPU_DATASETS}
-
-#: The paper's settings (Almakky et al., Sec. 3): DenseNet-121 at 224 px, AdamW 1e-4 (LP) and 1e-5 (FT), 50
-#: epochs each. Its generic + same-modality sources are approached by ImageNet and a ChestMNIST model
-#: (initialised from ImageNet as the paper's medical sources, 20 epochs of the baseline recipe) for the
-#: PneumoniaMNIST target.
-_PAPER: dict[str, Any] = dict(
-    model="densenet121", size=224, targets=("pneumoniamnist",),
-    sources={"pneumoniamnist": ("imagenet", "chestmnist")},
-    source_recipe=dict(BASELINE["paper"], epochs=20, init="imagenet"), seeds=(0, 1, 2), train_subset=None,
-    batch_size=64, lp_epochs=50, lp_lr=1e-4, ft_epochs=50, ft_lr=1e-5, ablation_targets=("pneumoniamnist",))
-
-#: A 2-core machine without a GPU: no ImageNet weights and only three datasets offline.
-_CPU: dict[str, Any] = dict(
-    _PAPER,
-    model="smallcnn",  # a few seconds per epoch on two cores at 28 px
-    size=28,  # the one size all three offline datasets have
-    targets=CPU_DATASETS,  # every offline dataset is a target ...
-    sources=LEAVE_ONE_OUT,  # ... with the two others as sources (no ImageNet weights offline)
-    source_recipe=BASELINE["cpu"],  # sources trained from scratch by the book's baseline recipe
-    # Targets keep at most 1000 training images (stratified; BreastMNIST has 546, RetinaMNIST 1080,
-    # PneumoniaMNIST 4708): transfer matters where target data is scarce, and it fits two cores.
-    train_subset=1000,
-    batch_size=128,  # the baseline recipe's batch
-    # lr 10x the paper's: sources trained from scratch on 28 px images, and 10-20 epochs, not 50.
-    lp_epochs=10,
-    lp_lr=1e-3,
-    ft_epochs=20,
-    ft_lr=1e-4,
-    ablation_targets=("retinamnist",),  # the ablations (notebook 31) on one target
-)
-
-#: Continuous integration: notebooks 30 and 31 in a few minutes; their numbers mean nothing.
-_SMOKE: dict[str, Any] = dict(
-    _CPU,
-    targets=("breastmnist",),  # the smallest offline dataset, one seed, 256 training images, 2 + 2 epochs
-    source_recipe=BASELINE["smoke"],  # the baseline's smoke sources (2 epochs on 256 images)
-    seeds=(0,),
-    train_subset=256,
-    batch_size=64,  # four steps per epoch on the 256 images
-    lp_epochs=2,
-    ft_epochs=2,
-    ablation_targets=("breastmnist",),  # the main table's target
-)
-
-#: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
-MEDMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
-
-#: Ablations of the MedMerge LP stage (builder options); "zeros" merges source b with zeros.
+#: Ablations of the MedMerge LP stage (builder options); "zeros" merges source b with zeros, and
+#: ``w_scale=1`` is the plain sigmoid (``w`` then barely moves in a short LP stage).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "MedMerge (sigmoid, kernel, BN trainable)": {},
     "clamp instead of sigmoid": {"parametrisation": "clamp"},
     "parameter level": {"level": "parameter"},
     "BN frozen during LP": {"bn_trainable": False},
     "source b + zeros": {"source_c": "zeros"},
+    "w_scale 1 (plain sigmoid)": {"w_scale": 1.0},
 }
+
+#: The ablation every other one is compared with.
+DEFAULT_ABLATION = next(iter(ABLATIONS))
+
+#: The paper's settings (Almakky et al., Sec. 3): DenseNet-121 at 224 px, AdamW 1e-4 (LP) and 1e-5 (FT), 50
+#: epochs each, w trained as it is (``w_scale`` 1). Its generic + same-modality sources are approached by
+#: ImageNet and a ChestMNIST model (initialised from ImageNet as the paper's medical sources, 20 epochs of the
+#: baseline recipe) for the PneumoniaMNIST target. Ablations: each one after LP and after FT.
+_PAPER: dict[str, Any] = dict(
+    model="densenet121", size=224, targets=("pneumoniamnist",),
+    sources={"pneumoniamnist": ("imagenet", "chestmnist")},
+    source_recipe=dict(BASELINE["paper"], epochs=20, init="imagenet"), seeds=(0, 1, 2), train_subset=None,
+    batch_size=64, lp_epochs=50, lp_lr=1e-4, ft_epochs=50, ft_lr=1e-5, w_scale=1.0,
+    ablation_targets=("pneumoniamnist",), ablation_seeds=(0, 1, 2), ablation_ft=tuple(ABLATIONS))
+
+#: The cpu targets: the two small offline datasets (546 and 1080 training images), where transfer matters.
+CPU_TARGETS = ("breastmnist", "retinamnist")
+
+#: A 2-core machine without a GPU: ImageNet Lite0 offline, three MedMNIST datasets at 28 px.
+_CPU: dict[str, Any] = dict(
+    _PAPER,
+    model="tf_efficientnet_lite0",  # ImageNet weights offline (medsoup.core.pretrained); ~70 training images/s on 2 cores
+    size=28,  # the one size all three offline datasets have (Lite0's stem runs with stride 1 there)
+    targets=CPU_TARGETS,  # scarce target data, where transfer matters (PneumoniaMNIST is source c)
+    # Source b ImageNet as in the paper; source c Lite0 fine-tuned from ImageNet on PneumoniaMNIST (X-ray): the
+    # one other offline medical dataset, so not the target's modality (no same-modality source is offline).
+    sources={t: ("imagenet", "pneumoniamnist") for t in CPU_TARGETS},
+    # Source c: 3 epochs on 1000 PneumoniaMNIST images from ImageNet (seed 0), lr 3e-4 (full fine-tuning of a
+    # pretrained Lite0: a one-seed probe preferred 3e-4 to 1e-3), batch 64, weight decay and augmentation of
+    # the book's cpu recipe: about a minute on two cores.
+    source_recipe=dict(_PAPER["source_recipe"], epochs=3, train_subset=1000, lr=3e-4, batch_size=64,
+                       weight_decay=1e-4, augment="medium"),
+    seeds=(0, 1, 2, 3, 4),  # five seeds per paired comparison (issue 10)
+    train_subset=400,  # 400 stratified training images per target: scarce data, and it fits two cores
+    lp_epochs=2,  # 2 LP + 3 FT epochs (14 + 21 steps): the budget of 5 seeds x 2 targets x 5 approaches
+    lp_lr=1e-3,  # 10x the paper's: 14 LP steps, not 50 epochs, for the new head
+    ft_epochs=3,
+    ft_lr=3e-4,  # full fine-tuning of a pretrained Lite0 (the probe above); the paper's 1e-5 barely moves in 21 steps
+    # Adam moves raw w by ~lp_lr a step, so w's logit by ~w_scale * lp_lr: at w_scale 1, 14 steps leave w
+    # within 0.0035 of 0.5; at 100 its logit may move up to 1.4 (w in [0.20, 0.80]).
+    w_scale=100.0,
+    ablation_targets=("breastmnist",),  # one target (the smaller test set of the two)
+    ablation_seeds=(0, 1, 2),  # three seeds, shared with notebook 30's runs (run-cache hits for the default)
+    # Every ablation after LP (the stage it changes); fine-tuned only where the claim is about the final model
+    # (the paper: frozen BN is worse after FT too; does a moving w matter after FT?), for the 350 s budget.
+    ablation_ft=("MedMerge (sigmoid, kernel, BN trainable)", "BN frozen during LP", "w_scale 1 (plain sigmoid)"),
+)
+
+#: Continuous integration: notebooks 30 and 31 in about a minute each; their numbers mean nothing.
+_SMOKE: dict[str, Any] = dict(
+    _CPU,
+    targets=("breastmnist",),  # the smallest offline dataset
+    # Source c on RetinaMNIST, one step: its validation and test splits (120 + 400 images) take a third of
+    # PneumoniaMNIST's (524 + 624) to evaluate, which dominates a one-step run.
+    sources={"breastmnist": ("imagenet", "retinamnist")},
+    source_recipe=dict(_CPU["source_recipe"], epochs=1, train_subset=64),
+    # One seed: the code path only (tests/test_medmerge.py tests paired differences over seeds). Each Lite0 run
+    # costs a few seconds of evaluation and checkpoints, and CI executes every notebook.
+    seeds=(0,),
+    # The cpu model (Lite0, so smoke runs the cpu code path: ImageNet weights, 49 merged convolutions) on
+    # 64 images: one step per epoch at batch 64, about a second each on two cores.
+    train_subset=64,
+    lp_epochs=1,
+    ft_epochs=1,
+    ablation_seeds=(0,),  # one seed: each ablation's code path only
+)
+
+#: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
+MEDMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
 
 
 def source_config(s: dict, spec: str) -> Any:
@@ -126,10 +147,14 @@ def lp_ft_run(s: dict, target: str, source: str, seed: int) -> RunConfig:
 
 
 def medmerge_lp_run(s: dict, target: str, seed: int, **options) -> RunConfig:
-    """The MedMerge LP stage from the target's two sources; ``options`` are builder options
-    (``source_c="zeros"`` merges source b with zeros)."""
+    """The MedMerge LP stage from the target's two sources with the profile's ``w_scale``; ``options``
+    are builder options (``source_c="zeros"`` merges source b with zeros). ``w_scale`` 1 is left out of
+    the builder's parameters (its default), so a run does not depend on how the plain sigmoid is asked for."""
     source_b, source_c = s["sources"][target]
-    params = {"source_b": source_config(s, source_b), "source_c": source_config(s, source_c), **options}
+    params = {"source_b": source_config(s, source_b), "source_c": source_config(s, source_c),
+              "w_scale": s["w_scale"], **options}
+    if float(params["w_scale"]) == 1.0:
+        del params["w_scale"]
     return _target(s, target, None, stage_train(s, "lp", seed), builder="medmerge", builder_params=params)
 
 
@@ -139,19 +164,16 @@ def medmerge_run(s: dict, target: str, seed: int, **options) -> RunConfig:
 
 
 def approaches(s: dict, target: str, seed: int) -> list[tuple[str, str, RunConfig]]:
-    """``(approach, source, final RunConfig)`` for Table 1 on one target and seed."""
+    """``(approach, source, final RunConfig)`` for Table 1 on one target and seed: FT and LP-FT from
+    each source, and MedMerge (the paper's rows; FT from scratch is no transfer baseline and is left out)."""
     b, c = s["sources"][target]
-    rows = [("FT", "scratch", ft_run(s, target, None, seed))]
+    rows = []
     for source in (b, c):
         rows.append(("FT", source, ft_run(s, target, source, seed)))
     for source in (b, c):
         rows.append(("LP-FT", source, lp_ft_run(s, target, source, seed)))
     rows.append(("MedMerge", f"{b}+{c}", medmerge_run(s, target, seed)))
     return rows
-
-
-#: The ablation every other one is compared with.
-DEFAULT_ABLATION = next(iter(ABLATIONS))
 
 
 def method_name(s: dict, target: str, approach: str, source: str) -> str:
@@ -177,28 +199,85 @@ def collect_table(s: dict, executor=None) -> pd.DataFrame:
                          for (t, approach, source), config, r in _collect(entries, executor)])
 
 
+def ablations(s: dict, target: str) -> dict[str, dict[str, Any]]:
+    """The :data:`ABLATIONS` that differ from the default at this profile (``w_scale 1`` is the
+    default where the profile's ``w_scale`` is 1)."""
+    default = medmerge_lp_run(s, target, 0)
+    return {name: options for name, options in ABLATIONS.items()
+            if name == DEFAULT_ABLATION or medmerge_lp_run(s, target, 0, **options) != default}
+
+
 def collect_ablations(s: dict, executor=None) -> pd.DataFrame:
-    """Long rows, one per (target, ablation, seed): test metrics after FT (method: the ablation's
-    name), ``val_auc``, and the LP stage's test metrics as ``lp_*``."""
-    entries = [((target, name), medmerge_run(s, target, seed, **options))
-               for target in s["ablation_targets"] for seed in s["seeds"] for name, options in ABLATIONS.items()]
+    """Long rows, one per (target, ablation, seed, stage): ``stage`` "LP" (the merged model with its
+    linear head, every ablation) or "FT" (after fine-tuning, the ablations in ``s["ablation_ft"]``), its
+    test metrics (method: the ablation's name) and ``val_auc``."""
+    entries = []
+    for target in s["ablation_targets"]:
+        for seed in s["ablation_seeds"]:
+            for name, options in ablations(s, target).items():
+                entries.append(((target, name, "LP"), medmerge_lp_run(s, target, seed, **options)))
+                if name in s["ablation_ft"]:
+                    entries.append(((target, name, "FT"), medmerge_run(s, target, seed, **options)))
     return pd.DataFrame([row("MedMerge", name, "reference" if name == DEFAULT_ABLATION else "ablation", target,
-                             config.train.seed, r.test, val_auc=r.val["auc"],
-                             **scalars(run(config.init, progress=False).test, "lp_"))
-                         for (target, name), config, r in _collect(entries, executor)])
+                             config.train.seed, r.test, val_auc=r.val["auc"], stage=stage)
+                         for (target, name, stage), config, r in _collect(entries, executor)])
 
 
-def learnt_weights(s: dict, target: str, seed: int, **options) -> dict[str, torch.Tensor]:
-    """Per-kernel ``w`` of a finished MedMerge LP run, recovered from its baked model
-    (:func:`~medsoup.merging.medmerge.recover_weights`); ``w`` near 1 favours source b."""
-    config = medmerge_lp_run(s, target, seed, **options)
-    result = run(config, progress=False)
-    arch = load_metadata(result.model_stem)["architecture"]
+def _sources(s: dict, target: str, **options) -> tuple[dict, dict, dict[str, list[str]]]:
+    """Source b's and source c's state dicts of the target's MedMerge LP runs, and the merged kernel groups."""
+    config = medmerge_lp_run(s, target, 0, **options)
+    arch = {"name": s["model"], "num_classes": 1000, "in_chans": config.in_chans, "img_size": s["size"]}
     params = config.builder_params
     state_b = source_state(params["source_b"], arch)
     state_c = source_state(params["source_c"], arch, like=state_b)
-    template = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
-    return recover_weights(result.load_state(), state_b, state_c, merged_keys(template))
+    return state_b, state_c, merged_keys(create_model(arch["name"], 1000, arch["in_chans"], arch["img_size"]))
+
+
+def learnt_weights(s: dict, target: str, seed: int, sources: tuple | None = None,
+                   **options) -> dict[str, torch.Tensor]:
+    """Per-kernel ``w`` of a finished MedMerge LP run, recovered from its baked model
+    (:func:`~medsoup.merging.medmerge.recover_weights`); ``w`` near 1 favours source b. ``sources``:
+    :func:`_sources`'s result, when already loaded."""
+    state_b, state_c, groups = sources or _sources(s, target, **options)
+    result = run(medmerge_lp_run(s, target, seed, **options), progress=False)
+    return recover_weights(result.load_state(), state_b, state_c, groups)
+
+
+def seed_weights(s: dict, target: str, seeds: Iterable[int] | None = None,
+                 **options) -> list[dict[str, torch.Tensor]]:
+    """:func:`learnt_weights` of each seed (the profile's seeds unless given), the sources loaded once."""
+    sources = _sources(s, target, **options)
+    return [learnt_weights(s, target, seed, sources, **options) for seed in (seeds or s["seeds"])]
+
+
+def mean_learnt_weights(per_seed: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-kernel ``w`` averaged over seeds (:func:`seed_weights`; NaN kernels ignored)."""
+    return {name: torch.stack([w[name] for w in per_seed]).nanmean(dim=0) for name in per_seed[0]}
+
+
+def w_shift(per_seed: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """How far ``w`` moved from its 0.5 start: per layer, the mean over kernels and seeds of
+    ``|w - 0.5|`` (per seed, so moves in opposite directions on two seeds do not cancel)."""
+    return {name: float(torch.stack([(w[name] - 0.5).abs().nanmean() for w in per_seed]).mean())
+            for name in per_seed[0]}
+
+
+def w_bound(s: dict, target: str, w_scale: float | None = None) -> float:
+    """The largest ``|w - 0.5|`` the LP stage allows if Adam moves raw ``w`` by at most ``lp_lr`` a step
+    (Adam's step is about ``lr`` whatever the gradient's scale): ``sigmoid(w_scale * lp_lr * steps) - 0.5``."""
+    n = s["train_subset"] or len(load_dataset(target, s["size"]).splits["train"])
+    steps = s["lp_epochs"] * -(-n // s["batch_size"])
+    scale = s["w_scale"] if w_scale is None else w_scale
+    return float(torch.sigmoid(torch.tensor(scale * s["lp_lr"] * steps)) - 0.5)
+
+
+def source_distance(s: dict, target: str) -> float:
+    """``|K(b) - K(c)| / |K(b)|`` over every merged kernel of the target's two sources: how different
+    the backbones MedMerge merges are (0: one network, where ``w`` cannot matter)."""
+    state_b, state_c, groups = _sources(s, target)
+    keys = [k for group in groups.values() for k in group]
+    diff = sum(float((state_b[k].double() - state_c[k].double()).pow(2).sum()) for k in keys)
+    return (diff / sum(float(state_b[k].double().pow(2).sum()) for k in keys)) ** 0.5
 
 
 def source_model(s: dict, spec: str) -> nn.Module:
@@ -225,12 +304,6 @@ def conv_outputs(model: nn.Module, images: torch.Tensor, names: Iterable[str]) -
         for hook in hooks:
             hook.remove()
     return captured
-
-
-def mean_learnt_weights(s: dict, target: str, **options) -> dict[str, torch.Tensor]:
-    """Per-kernel ``w`` averaged over the profile's seeds (NaN kernels ignored)."""
-    per_seed = [learnt_weights(s, target, seed, **options) for seed in s["seeds"]]
-    return {name: torch.stack([w[name] for w in per_seed]).nanmean(dim=0) for name in per_seed[0]}
 
 
 def feature_map_rows(s: dict, target: str, seed: int, image: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:

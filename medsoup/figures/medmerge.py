@@ -20,12 +20,29 @@ def weight_heatmap(rows: Mapping[str, Mapping[str, torch.Tensor]], title: str = 
     labels = list(rows)
     layers = list(next(iter(rows.values())))
     means = np.array([[float(np.nanmean(rows[r][layer].float().numpy())) for layer in layers] for r in labels])
-    fig, ax = figure(width=max(4.5, 0.75 * len(layers) + 2.5), height=max(2.4, 0.6 * len(labels) + 1.6))
-    sns.heatmap(means, ax=ax, vmin=0, vmax=1, center=0.5, cmap="coolwarm", annot=True, fmt=".2f",
-                xticklabels=[f"{i + 1}" for i in range(len(layers))], yticklabels=labels,
+    few = len(layers) <= 16  # numbers in the cells only while they fit (Lite0 has 49 convolutions)
+    fig, ax = figure(width=max(4.5, (0.75 if few else 0.22) * len(layers) + 2.5),
+                     height=max(2.4, 0.6 * len(labels) + 1.6))
+    sns.heatmap(means, ax=ax, vmin=0, vmax=1, center=0.5, cmap="coolwarm", annot=few, fmt=".2f",
+                xticklabels=[f"{i + 1}" if few or i % 4 == 0 else "" for i in range(len(layers))], yticklabels=labels,
                 cbar_kws={"label": f"mean w  (1: {b_label}, 0: {c_label})"})
     ax.set(xlabel="convolution layer (input → output)", title=title)
     ax.tick_params(axis="y", rotation=0)
+    return fig
+
+
+def weight_shift_profile(rows: Mapping[str, Mapping[str, float]], bounds: Mapping[str, float] | None = None,
+                         title: str = ""):
+    """Per convolution layer (input to output), how far ``w`` moved from its 0.5 start (mean ``|w - 0.5|``),
+    one line per row label; ``bounds`` (label -> value) are drawn as dashed horizontal lines."""
+    fig, ax = figure(width=6.5, height=3.2)
+    for label, shifts in rows.items():
+        ax.plot(range(1, len(shifts) + 1), list(shifts.values()), marker=".", label=label)
+    for label, value in (bounds or {}).items():
+        ax.axhline(value, ls="--", lw=1, color="grey")
+        ax.annotate(label, (1, value), textcoords="offset points", xytext=(2, 3), fontsize=8, color="grey")
+    ax.set(xlabel="convolution layer (input → output)", ylabel="mean |w − 0.5|", title=title, ylim=(0, None))
+    ax.legend(fontsize=8)
     return fig
 
 

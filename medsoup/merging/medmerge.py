@@ -18,6 +18,12 @@ Choices the paper leaves open, fixed here and compared in the ablations:
 * how ``w`` stays in [0, 1]: ``"sigmoid"`` (``w = sigmoid(raw)``) or ``"clamp"``
   (``w = clamp(0.5 + raw, 0, 1)``, gradient zero outside [0, 1]); in both ``raw = 0`` is the
   equal merge ``w = 0.5``, so weight decay, if any, pulls towards the equal merge;
+* ``w_scale``: the trained tensor is ``raw`` and ``w = sigmoid(w_scale * raw)`` (clamp:
+  ``clamp(0.5 + w_scale * raw, 0, 1)``). The merge equation is unchanged; only how fast ``w`` can move is.
+  Adam moves ``raw`` by about ``lr`` per step whatever the gradient's scale, so the logit of ``w``
+  moves by at most about ``w_scale * lr`` per step: with ``w_scale = 1`` (the plain parametrisation), a
+  short LP stage (tens of steps at lr 1e-3) leaves every ``w`` within a few thousandths of 0.5.
+  ``w_scale`` is the same as an Adam learning rate ``w_scale * lr`` for ``w`` alone (weight decay 0);
 * ``level="kernel"`` (the paper) or ``"parameter"`` (one ``w`` per weight entry, the variant the
   paper reports as no better); a convolution's bias, where present, belongs to its kernel;
 * BatchNorm's ``num_batches_tracked`` is the maximum of the two sources (as in
@@ -93,16 +99,18 @@ def check_parametrisation(parametrisation: str) -> None:
         raise ValueError(f"unknown parametrisation {parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}")
 
 
-def weight_values(raw: torch.Tensor, parametrisation: str) -> torch.Tensor:
-    """``w`` in [0, 1] from the trained tensor: ``sigmoid(raw)`` or ``clamp(0.5 + raw, 0, 1)``."""
+def weight_values(raw: torch.Tensor, parametrisation: str, w_scale: float = 1.0) -> torch.Tensor:
+    """``w`` in [0, 1] from the trained tensor: ``sigmoid(w_scale * raw)`` or
+    ``clamp(0.5 + w_scale * raw, 0, 1)`` (``w_scale`` sets how fast ``w`` moves; module docstring)."""
     check_parametrisation(parametrisation)
-    return torch.sigmoid(raw) if parametrisation == "sigmoid" else torch.clamp(0.5 + raw, 0.0, 1.0)
+    scaled = w_scale * raw
+    return torch.sigmoid(scaled) if parametrisation == "sigmoid" else torch.clamp(0.5 + scaled, 0.0, 1.0)
 
 
-def raw_values(w: torch.Tensor, parametrisation: str) -> torch.Tensor:
+def raw_values(w: torch.Tensor, parametrisation: str, w_scale: float = 1.0) -> torch.Tensor:
     """Inverse of :func:`weight_values` (``w = 1`` is ``raw = inf`` under the sigmoid)."""
     check_parametrisation(parametrisation)
-    return torch.logit(w) if parametrisation == "sigmoid" else w - 0.5
+    return (torch.logit(w) if parametrisation == "sigmoid" else w - 0.5) / w_scale
 
 
 def merged_keys(model: nn.Module) -> dict[str, list[str]]:
@@ -123,15 +131,19 @@ class MedMergeModel(nn.Module):
     ``template`` is a freshly built model of the architecture (its head is the new linear head);
     its convolution weights are replaced by the merged kernels at every forward. ``architecture``
     (``name, num_classes, in_chans, img_size`` for :func:`~medsoup.core.models.create_model`) is what
-    :func:`bake` builds. Parameters: ``w`` (raw values, 0 = equal merge), BatchNorm (trainable
+    :func:`bake` builds. Parameters: ``w`` (raw values, 0 = equal merge; ``w_scale`` multiplies them
+    before the sigmoid or clamp), BatchNorm (trainable
     unless ``bn_trainable=False``, in which case it also stays in eval mode) and the head. The
     source kernels are non-persistent buffers: they move with ``.to()`` but are not trained,
     checkpointed or counted as parameters.
     """
 
     def __init__(self, template: nn.Module, state_b: StateDict, state_c: StateDict, architecture: dict,
-                 level: str = "kernel", parametrisation: str = "sigmoid", bn_trainable: bool = True):
+                 level: str = "kernel", parametrisation: str = "sigmoid", bn_trainable: bool = True,
+                 w_scale: float = 1.0):
         super().__init__()
+        if not w_scale > 0:
+            raise ValueError(f"w_scale must be positive, got {w_scale!r}")
         if level not in MERGE_LEVELS:
             raise ValueError(f"unknown level {level!r}; valid: {', '.join(MERGE_LEVELS)}")
         check_parametrisation(parametrisation)
@@ -140,7 +152,7 @@ class MedMergeModel(nn.Module):
         check_pair(state_b, state_c, ignore=head)
         check_pair(own, state_b, ignore=head, names=("the target architecture", "source b"))
         self.architecture, self.level, self.parametrisation = dict(architecture), level, parametrisation
-        self.bn_trainable = bn_trainable
+        self.bn_trainable, self.w_scale = bn_trainable, float(w_scale)
         self.groups = merged_keys(template)
         keys = [k for group in self.groups.values() for k in group]
         bns = {f"{name}.{k}" for name, m in template.named_modules()
@@ -177,7 +189,7 @@ class MedMergeModel(nn.Module):
 
     def weights(self) -> dict[str, torch.Tensor]:
         """``{conv name: w}`` with ``w`` in [0, 1] (parameter level: of the conv weight's shape)."""
-        return {name: weight_values(raw, self.parametrisation).detach()
+        return {name: weight_values(raw, self.parametrisation, self.w_scale).detach()
                 for name, raw in zip(self.groups, self.w)}
 
     @torch.no_grad()
@@ -185,11 +197,12 @@ class MedMergeModel(nn.Module):
         """Set every ``w`` to one value in [0, 1], or per conv name (a value or a tensor)."""
         for name, raw in zip(self.groups, self.w):
             value = w[name] if isinstance(w, Mapping) else w
-            raw.copy_(raw_values(torch.as_tensor(value, dtype=raw.dtype).expand_as(raw), self.parametrisation))
+            raw.copy_(raw_values(torch.as_tensor(value, dtype=raw.dtype).expand_as(raw), self.parametrisation,
+                                self.w_scale))
 
     def merged_tensors(self) -> dict[str, torch.Tensor]:
         """The merged kernel (and bias) of every convolution, differentiable in ``w``."""
-        ws = [weight_values(raw, self.parametrisation) for raw in self.w]
+        ws = [weight_values(raw, self.parametrisation, self.w_scale) for raw in self.w]
         return {key: mix_kernels(ws[w_index], getattr(self, f"source_b_{i}"), getattr(self, f"source_c_{i}"))
                 for i, (key, w_index) in enumerate(zip(self._keys, self._w_index()))}
 
