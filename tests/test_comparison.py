@@ -41,7 +41,7 @@ def _results():
     mm = {"profile": "smoke", "settings": s_mm,
           "rows": [tables.row("MedMerge", method_name(s_mm, "breastmnist", a, src), "baseline", "breastmnist", seed,
                               _metrics(0.7), approach=a, source=src)
-                   for seed in (0, 1) for a, src in (("FT", "scratch"), ("FT", "pneumoniamnist"),
+                   for seed in (0, 1) for a, src in (("FT", "retinamnist"), ("FT", "pneumoniamnist"),
                                                      ("LP-FT", "retinamnist"), ("MedMerge", "pneumoniamnist+retinamnist"))]}
     return {"InMerge": im, "FissionFusion": fission, "MedMerge": mm}
 
@@ -51,8 +51,8 @@ def test_long_rows_keeps_each_chapters_compared_rows():
     assert list(rows.columns) == ["chapter", "method", "role", "dataset", "seed", "acc", "auc", "f1"]
     assert set(rows["chapter"]) == {"InMerge", "FissionFusion", "MedMerge"}
     ff_rows = rows[rows["chapter"] == "FissionFusion"]
-    assert set(ff_rows["method"]) == {"GS(best)", "Greedy soup", "GoG"} and len(ff_rows) == 6  # BN-averaged only
-    assert set(rows[rows["chapter"] == "MedMerge"]["method"]) == {"FT (scratch)", "FT (source b)",
+    assert set(ff_rows["method"]) == {"GS(best)", "Greedy soup", "GoG"} and len(ff_rows) == 6  # BN recomputed only
+    assert set(rows[rows["chapter"] == "MedMerge"]["method"]) == {"FT (source c)", "FT (source b)",
                                                                   "LP-FT (source c)", "MedMerge"}
     # the paper's setting only: InMerge is 0.1 above its baseline there (0.15 at tau=0.0)
     assert rows.loc[(rows["method"] == "InMerge") & (rows["seed"] == 2), "auc"].tolist() == pytest.approx([0.72, 0.72])
@@ -62,21 +62,30 @@ def test_common_grid_is_what_every_chapter_ran_and_paired_rows_pair_by_seed():
     rows = cmp.long_rows(_results())
     datasets, seeds = cmp.common_grid(rows)
     assert (datasets, seeds) == (["breastmnist"], [0, 1])
-    shared = cmp.restrict(rows, datasets, seeds)
-    paired = tables.paired(shared, cmp.PAIRS, "acc", by=("chapter", "dataset"))
+    paired = cmp.compare(rows, "acc")
     inm = paired[paired["method"] == "InMerge"].iloc[0]
-    assert inm["difference"] == pytest.approx(0.1) and inm["n"] == 2 and inm["outcome"] == "better"
+    assert inm["difference"] == pytest.approx(0.1) and inm["n"] == 3 and inm["outcome"] == "better"  # its own seeds
     assert inm["chapter"] == "InMerge" and inm["reference"] == "fine-tuning, no merging"
     gog = paired[(paired["method"] == "GoG") & (paired["reference"] == "Greedy soup")].iloc[0]
     assert gog["difference"] == pytest.approx(0.005)
-    # no GoU and no LP-FT from source b in these rows: 4 of the 6 pairs can be compared
-    assert len(paired) == 4 and (paired["family"] == 4).all()
+    # InMerge on 2 datasets; GoG vs the two of its 4 baselines in these rows; MedMerge vs 3 of its 4 baselines
+    assert len(paired) == 2 + 2 + 3 and (paired["family"] == 7).all()
+    assert set(paired["chapter"]) == {"InMerge", "FissionFusion", "MedMerge"}
     assert (paired["p_adjusted"].dropna() >= paired["p_value"].dropna()).all()
     text = tables.verdict(paired)
     assert "On breastmnist, InMerge is better than fine-tuning, no merging in test ACC: +0.100" in text
-    assert text.endswith("4 comparisons made; the adjusted p-values control the false discovery rate over them "
+    assert text.endswith("7 comparisons made; the adjusted p-values control the false discovery rate over them "
                          "(Benjamini-Hochberg).")
-    assert set(tables.summary_table(shared, "auc", index=("chapter", "method")).columns) == {"breastmnist"}
+    assert set(cmp.summary(rows, "auc").columns) == {"breastmnist", "retinamnist"}
+
+
+def test_the_paper_metric_compares_each_chapter_in_its_papers_metric():
+    paired = cmp.compare(cmp.long_rows(_results()))  # metric "paper"
+    assert dict(zip(paired["chapter"], paired["metric"])) == {"InMerge": "acc", "FissionFusion": "auc",  # Breast: AUC
+                                                              "MedMerge": "f1"}
+    table = cmp.summary(cmp.long_rows(_results()))
+    assert {(c, m) for c, _, m in table.index} == {("InMerge", "acc"), ("FissionFusion", "auc (breastmnist)"),
+                                                   ("MedMerge", "f1")}
 
 
 def test_missing_chapters_degrade_to_what_exists(tmp_path):
@@ -89,7 +98,7 @@ def test_missing_chapters_degrade_to_what_exists(tmp_path):
     assert cmp.cost_table(results)["epochs"].tolist() == [25, 25]
     empty = cmp.long_rows(cmp.chapter_results("paper", tmp_path))
     assert empty.empty and cmp.common_grid(empty) == ([], [])
-    assert "missing" in tables.verdict(tables.paired(empty, cmp.PAIRS, "auc", by=("chapter", "dataset")))
+    assert "missing" in tables.verdict(cmp.compare(empty))
 
 
 def test_an_old_format_results_file_is_refused_by_name(tmp_path):
@@ -108,19 +117,19 @@ def test_cost_table_reads_fissionfusion_compute_and_medmerge_settings():
 def test_an_unknown_metric_is_named():
     rows = cmp.long_rows(_results())
     with pytest.raises(KeyError, match="no metric column acu"):
-        tables.paired(rows, cmp.PAIRS, "acu", by=("chapter", "dataset"))
+        cmp.compare(rows, "acu")
 
 
 def test_an_unknown_metric_setting_is_refused_with_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown metric 'accuracy'; valid: acc, auc, f1$"):
+    with pytest.raises(ValueError, match=r"unknown metric 'accuracy'; valid: paper, acc, auc, f1$"):
         settings(cmp.COMPARISON, "cpu", choices=cmp.CHOICES, metric="accuracy")
     assert settings(cmp.COMPARISON, "smoke", choices=cmp.CHOICES, metric="f1")["metric"] == "f1"
-    assert settings(cmp.COMPARISON, "paper", choices=cmp.CHOICES)["metric"] == "auc"
+    assert settings(cmp.COMPARISON, "paper", choices=cmp.CHOICES)["metric"] == "paper"
 
 
 def test_the_comparison_notebook_checks_its_metric_where_it_resolves_its_settings():
     # The page's settings cell, run as the notebook runs it, with a misspelled `metric` parameter.
     cells = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "40_comparison.ipynb").read_text())["cells"]
     source = next("".join(c["source"]) for c in cells if "settings(COMPARISON" in "".join(c["source"]))
-    with pytest.raises(ValueError, match="unknown metric 'AUC'; valid: acc, auc, f1"):
+    with pytest.raises(ValueError, match="unknown metric 'AUC'; valid: paper, acc, auc, f1"):
         exec(source, {"profile": "cpu", "metric": "AUC"})

@@ -78,7 +78,7 @@ def baseline_run(recipe: dict[str, Any], dataset: str, seed: int) -> RunConfig:
     train = TrainConfig(epochs=recipe["epochs"], batch_size=recipe["batch_size"], optimizer="adamw",
                         lr=recipe["lr"], weight_decay=recipe["weight_decay"], augment=recipe["augment"],
                         schedule="multistep", milestones=(0.5, 0.75), select_metric="auc", seed=seed)
-    return RunConfig(dataset=dataset, size=recipe["size"], model=recipe["model"],
+    return RunConfig(dataset=dataset, size=recipe["size"], file_size=recipe.get("file_size"), model=recipe["model"],
                      train_subset=recipe["train_subset"], train=train)
 
 

@@ -3,9 +3,10 @@
 Each chapter notebook writes ``results/<stem>/<profile>.json`` (:mod:`medsoup.runs.results`);
 :func:`chapter_results` reads the reference files (None where a chapter has not run),
 :func:`long_rows` keeps each chapter's rows that the comparison uses (the paper's setting and
-methods), :func:`common_grid` finds the datasets and seeds every present chapter ran, and
-:data:`PAIRS` compares each method with its own baseline over the same seeds through
-:func:`medsoup.chapters.tables.paired`.
+methods), and :func:`compare` pairs each method with every baseline of its chapter (:data:`PAIRS`)
+over the same seeds, on each chapter's own datasets, in each paper's own metric
+(:data:`PAPER_METRICS`) or one metric for all, with one Benjamini-Hochberg family over every
+comparison on the page. :func:`common_grid` says which datasets and seeds every chapter ran.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from medsoup.chapters.fissionfusion import METRIC as FISSIONFUSION_METRIC
 from medsoup.chapters.inmerge import BASELINE as INMERGE_BASELINE
 from medsoup.chapters.inmerge import paper_setting
+from medsoup.chapters.tables import MetricSpec, adjusted_p_values, paired, summary_table
 from medsoup.core.metrics import METRICS
 from medsoup.runs.results import ROW_KEYS, load_results
 
@@ -23,11 +26,16 @@ from medsoup.runs.results import ROW_KEYS, load_results
 CHAPTERS = {"InMerge": "10_inmerge", "FissionFusion": "20_fissionfusion", "MedMerge": "30_medmerge"}
 #: The metrics every chapter reports (recall is not recorded by all of them).
 COMPARED_METRICS = tuple(m for m in METRICS if m != "recall")
-#: The comparison page's settings: the metric its tables and verdicts use.
-COMPARISON = {profile: {"metric": "auc"} for profile in ("smoke", "cpu", "paper")}
+#: The metric each paper reports its comparison in: InMerge's Table 2 accuracy, FissionFusion's F1 on APTOS
+#: and RSNA Pneumonia (AUC on BreastMNIST, as its chapter), MedMerge's macro F1 (Table 1).
+PAPER_METRICS: dict[str, MetricSpec] = {"InMerge": "acc", "FissionFusion": FISSIONFUSION_METRIC, "MedMerge": "f1"}
+#: The comparison page's settings: ``metric`` is "paper" (each chapter in its paper's metric) or one metric for all.
+COMPARISON = {profile: {"metric": "paper"} for profile in ("smoke", "cpu", "gpu", "paper")}
 #: The valid values of the page's settings (``settings(COMPARISON, profile, choices=CHOICES, ...)``).
-CHOICES = {"metric": COMPARED_METRICS}
-_FISSIONFUSION_METHODS = ("GS(best)", "Greedy soup", "Uniform soup", "FGG(best)", "GoU", "GoG")
+CHOICES = {"metric": ("paper", *COMPARED_METRICS)}
+_FISSIONFUSION_BASELINES = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)")
+_FISSIONFUSION_METHODS = (*_FISSIONFUSION_BASELINES, "GoU", "GoG")
+_MEDMERGE_BASELINES = ("FT (source b)", "LP-FT (source b)", "FT (source c)", "LP-FT (source c)")
 
 
 def _pair(chapter: str, method: str, reference: str) -> tuple[dict, dict]:
@@ -35,11 +43,44 @@ def _pair(chapter: str, method: str, reference: str) -> tuple[dict, dict]:
             {"chapter": chapter, "method": reference, "label": reference})
 
 
-#: Each paper's own claim: (method, the baseline it is compared with), as selectors of the long rows.
-PAIRS = (_pair("InMerge", "InMerge", INMERGE_BASELINE),
-         _pair("FissionFusion", "GoG", "Greedy soup"), _pair("FissionFusion", "GoG", "GS(best)"),
-         _pair("FissionFusion", "GoU", "GS(best)"),
-         _pair("MedMerge", "MedMerge", "LP-FT (source b)"), _pair("MedMerge", "MedMerge", "FT (source b)"))
+#: Each paper's method against every baseline of its chapter, as selectors of the long rows.
+PAIRS = {"InMerge": (_pair("InMerge", "InMerge", INMERGE_BASELINE),),
+         "FissionFusion": tuple(_pair("FissionFusion", m, b) for m in ("GoG", "GoU") for b in _FISSIONFUSION_BASELINES),
+         "MedMerge": tuple(_pair("MedMerge", "MedMerge", b) for b in _MEDMERGE_BASELINES)}
+
+
+def chapter_metric(chapter: str, metric: str) -> MetricSpec:
+    """The metric a chapter is compared in: its paper's (``metric == "paper"``) or ``metric``."""
+    return PAPER_METRICS[chapter] if metric == "paper" else metric
+
+
+def compare(rows: pd.DataFrame, metric: str = "paper") -> pd.DataFrame:
+    """:func:`~medsoup.chapters.tables.paired` of every pair of :data:`PAIRS` per chapter and dataset, in
+    :func:`chapter_metric`; ``p_adjusted`` and ``family`` cover every comparison of the page at once."""
+    tables = [paired(rows[rows["chapter"] == chapter], pairs, chapter_metric(chapter, metric), by=("chapter", "dataset"))
+              for chapter, pairs in PAIRS.items() if (rows["chapter"] == chapter).any()]
+    table = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) \
+        else (tables[0] if tables else pd.DataFrame())
+    if len(table):
+        table["p_adjusted"] = adjusted_p_values(table["p_value"])
+        table["family"] = len(table)
+    return table
+
+
+def summary(rows: pd.DataFrame, metric: str = "paper") -> pd.DataFrame:
+    """``mean ± std (n)`` per chapter and method (rows) and dataset (columns), each chapter in
+    :func:`chapter_metric` (named in the index)."""
+    parts = []
+    for chapter in dict.fromkeys(rows["chapter"]):
+        spec = chapter_metric(chapter, metric)
+        mine = rows[rows["chapter"] == chapter]
+        table = summary_table(mine, spec, index=("chapter", "method"))
+        name = spec if isinstance(spec, str) else ", ".join(f"{m} ({d})" for d, m in spec.items()
+                                                             if d in set(mine["dataset"]))
+        table.index = pd.MultiIndex.from_tuples([(c, m, name) for c, m in table.index],
+                                                names=["chapter", "method", "metric"])
+        parts.append(table)
+    return pd.concat(parts) if parts else pd.DataFrame()
 
 
 def chapter_results(profile: str, root: str | Path = "results") -> dict[str, dict | None]:
@@ -51,8 +92,8 @@ def long_rows(results: dict[str, dict | None]) -> pd.DataFrame:
     """One row per (chapter, method, dataset, seed) with test ACC, AUC and F1.
 
     InMerge: the paper's setting, the merged run and its baseline (the same epochs without
-    merging). FissionFusion: Table 1's methods, BatchNorm statistics averaged as in the paper's
-    code. MedMerge: FT and LP-FT from each of the target's two sources and MedMerge.
+    merging). FissionFusion: Table 1's methods with BatchNorm statistics recomputed (its chapter's
+    primary analysis). MedMerge: FT and LP-FT from each of the target's two sources and MedMerge.
     """
     frames = []
     inmerge = results.get("InMerge")
@@ -62,7 +103,7 @@ def long_rows(results: dict[str, dict | None]) -> pd.DataFrame:
     ff = results.get("FissionFusion")
     if ff:
         rows = pd.DataFrame(ff["rows"])
-        frames.append(rows[~rows["recalibrate"].astype(bool) & rows["method"].isin(_FISSIONFUSION_METHODS)])
+        frames.append(rows[rows["recalibrate"].astype(bool) & rows["method"].isin(_FISSIONFUSION_METHODS)])
     mm = results.get("MedMerge")
     if mm:
         frames.append(pd.DataFrame(mm["rows"]))
@@ -79,10 +120,6 @@ def common_grid(rows: pd.DataFrame) -> tuple[list[str], list[int]]:
                    for _, g in rows.groupby("chapter")]
     shared = set.intersection(*per_chapter)
     return sorted({d for d, _ in shared}), sorted({int(s) for _, s in shared})
-
-
-def restrict(rows: pd.DataFrame, datasets: list[str], seeds: list[int]) -> pd.DataFrame:
-    return rows[rows["dataset"].isin(datasets) & rows["seed"].isin(seeds)]
 
 
 def cost_table(results: dict[str, dict | None]) -> pd.DataFrame:

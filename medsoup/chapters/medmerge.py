@@ -50,7 +50,7 @@ DEFAULT_ABLATION = next(iter(ABLATIONS))
 #: ImageNet and a ChestMNIST model (initialised from ImageNet as the paper's medical sources, 20 epochs of the
 #: baseline recipe) for the PneumoniaMNIST target. Ablations: each one after LP and after FT.
 _PAPER: dict[str, Any] = dict(
-    model="densenet121", size=224, targets=("pneumoniamnist",),
+    model="densenet121", size=224, file_size=None, targets=("pneumoniamnist",),
     sources={"pneumoniamnist": ("imagenet", "chestmnist")},
     source_recipe=dict(BASELINE["paper"], epochs=20, init="imagenet"), seeds=(0, 1, 2), train_subset=None,
     batch_size=64, lp_epochs=50, lp_lr=1e-4, ft_epochs=50, ft_lr=1e-5, w_scale=1.0,
@@ -89,6 +89,24 @@ _CPU: dict[str, Any] = dict(
     ablation_ft=("MedMerge (sigmoid, kernel, BN trainable)", "BN frozen during LP", "w_scale 1 (plain sigmoid)"),
 )
 
+#: One CUDA GPU, offline: the cpu profile's Lite0 at its ImageNet resolution, every target image, 10 seeds,
+#: longer stages. Not yet measured on a GPU: sized by an estimate of ~4,000 training images/s for Lite0 at
+#: 224 px in bfloat16 on an H100: 2 targets x 10 seeds x (4 FT x 10 + 3 LP x 5 epochs) x ~810 images = 0.9 M
+#: image-passes, about 4 minutes.
+_GPU: dict[str, Any] = dict(
+    _CPU,
+    size=224,  # Lite0's ImageNet resolution (stride-2 stem as pre-trained) ...
+    file_size=28,  # ... from the offline 28 px files, resized on the GPU (medsoup.core.data.load_dataset)
+    source_recipe=dict(_CPU["source_recipe"], epochs=5, train_subset=2000, batch_size=128),
+    seeds=tuple(range(10)),  # 10 seeds per paired comparison
+    train_subset=None,  # every target training image (546 and 1080)
+    batch_size=128,
+    lp_epochs=5,  # 5 LP + 10 FT epochs instead of 2 + 3
+    ft_epochs=10,
+    ablation_seeds=(0, 1, 2, 3, 4),  # five seeds for the ablations
+    ablation_ft=tuple(ABLATIONS),  # every ablation fine-tuned too
+)
+
 #: Continuous integration: notebooks 30 and 31 in about a minute each; their numbers mean nothing.
 _SMOKE: dict[str, Any] = dict(
     _CPU,
@@ -109,14 +127,14 @@ _SMOKE: dict[str, Any] = dict(
 )
 
 #: Settings per profile: ``paper`` is the reference, ``cpu`` and ``smoke`` state what they change and why.
-MEDMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER}
+MEDMERGE: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "cpu": _CPU, "gpu": _GPU, "paper": _PAPER}
 
 
 def source_config(s: dict, spec: str) -> Any:
     """``"imagenet"`` or the RunConfig of a source trained on dataset ``spec`` (seed 0)."""
     if spec == "imagenet":
         return spec
-    recipe = dict(s["source_recipe"], model=s["model"], size=s["size"])
+    recipe = dict(s["source_recipe"], model=s["model"], size=s["size"], file_size=s["file_size"])
     config = baseline_run(recipe, spec, seed=0)
     return config.replace(init=recipe["init"]) if recipe.get("init") else config
 
@@ -130,7 +148,7 @@ def stage_train(s: dict, stage: str, seed: int, linear_probe: bool = False) -> T
 
 
 def _target(s: dict, target: str, init: Any, train: TrainConfig, **builder) -> RunConfig:
-    return RunConfig(dataset=target, size=s["size"], model=s["model"], init=init, train=train,
+    return RunConfig(dataset=target, size=s["size"], file_size=s["file_size"], model=s["model"], init=init, train=train,
                      train_subset=s["train_subset"], **builder)
 
 
@@ -265,7 +283,7 @@ def w_shift(per_seed: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 def w_bound(s: dict, target: str, w_scale: float | None = None) -> float:
     """The largest ``|w - 0.5|`` the LP stage allows if Adam moves raw ``w`` by at most ``lp_lr`` a step
     (Adam's step is about ``lr`` whatever the gradient's scale): ``sigmoid(w_scale * lp_lr * steps) - 0.5``."""
-    n = s["train_subset"] or len(load_dataset(target, s["size"]).splits["train"])
+    n = s["train_subset"] or len(load_dataset(target, s["size"], file_size=s["file_size"]).splits["train"])
     steps = s["lp_epochs"] * -(-n // s["batch_size"])
     scale = s["w_scale"] if w_scale is None else w_scale
     return float(torch.sigmoid(torch.tensor(scale * s["lp_lr"] * steps)) - 0.5)
