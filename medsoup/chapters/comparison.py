@@ -59,11 +59,12 @@ def compare(rows: pd.DataFrame, metric: str = "paper") -> pd.DataFrame:
     :func:`chapter_metric`; ``p_adjusted`` and ``family`` cover every comparison of the page at once."""
     tables = [paired(rows[rows["chapter"] == chapter], pairs, chapter_metric(chapter, metric), by=("chapter", "dataset"))
               for chapter, pairs in PAIRS.items() if (rows["chapter"] == chapter).any()]
-    table = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) \
-        else (tables[0] if tables else pd.DataFrame())
-    if len(table):
-        table["p_adjusted"] = adjusted_p_values(table["p_value"])
-        table["family"] = len(table)
+    found = [t for t in tables if len(t)]
+    if not found:  # the empty table, with its columns
+        return paired(rows.iloc[:0], (), "acc", by=("chapter", "dataset"))
+    table = pd.concat(found, ignore_index=True)
+    table["p_adjusted"] = adjusted_p_values(table["p_value"])
+    table["family"] = len(table)
     return table
 
 
