@@ -118,3 +118,13 @@ def test_checkpoint_with_other_channel_count_names_the_shape_mismatch(tmp_path):
     ckpt.save_checkpoint(tmp_path / "gray", models.create_model("smallcnn", 2, in_chans=1).state_dict())
     with pytest.raises(ckpt.CheckpointError, match=r"features.0.weight: checkpoint \(32, 1, 3, 3\) vs model \(32, 3, 3, 3\)"):
         models.create_model("smallcnn", 2, in_chans=3, pretrained=tmp_path / "gray")
+
+
+@pytest.mark.parametrize("pretrained", [None, "imagenet"])
+def test_a_new_timm_head_has_torch_linear_scale_not_timms_fan_out_init(pretrained):
+    # timm's EfficientNet gives a 2-class head U(+-1/sqrt(2)); over 1280 features that starts training at
+    # a loss of 3.5-6.4 instead of log 2 (measured): medsoup's heads are U(+-1/sqrt(fan_in)) as nn.Linear's.
+    model = models.create_model("tf_efficientnet_lite0", 2, 3, 28, pretrained=pretrained)
+    head = model.get_classifier()
+    assert head.weight.abs().max() <= 1 / head.in_features ** 0.5
+    assert head.weight.abs().max() > 0.5 / head.in_features ** 0.5  # initialised, not zeroed
