@@ -19,7 +19,7 @@ def test_the_smoke_profile_needs_offline_28_px_datasets_and_the_packaged_lite0_w
     needs = preflight.profile_needs("smoke")
     datasets = [n for n in needs if n.kind == "dataset"]
     assert {n.size for n in datasets} == {28}
-    assert {n.name for n in datasets} == {"breastmnist", "pneumoniamnist", "retinamnist"}
+    assert {n.name for n in datasets} == {"breastmnist", "retinamnist"}  # MedMerge's smoke source c is RetinaMNIST
     assert {n.name for n in needs if n.kind == "weights"} == {"tf_efficientnet_lite0"}  # a package dependency
     assert set(needs[Need("dataset", "breastmnist", 28)]) == {"baselines", "inmerge", "fissionfusion", "medmerge"}
 
@@ -47,7 +47,7 @@ def test_a_missing_dataset_without_network_is_listed_and_stops_the_run(tmp_path)
     assert "MISSING: breastmnist 28 px (for baselines, inmerge, fissionfusion, medmerge)" in text
     assert f"not in {tmp_path}, and zenodo.org cannot be reached" in text
     assert "pneumoniamnist" not in text.split("preflight smoke")[0]  # present files are not listed
-    assert "4 files needed, 3 present, 0 to download, 1 missing and not downloadable" in text  # Lite0: packaged
+    assert "3 files needed, 2 present, 0 to download, 1 missing and not downloadable" in text  # Lite0: packaged
 
 
 def test_a_missing_dataset_with_network_is_downloadable(tmp_path):
@@ -55,7 +55,7 @@ def test_a_missing_dataset_with_network_is_downloadable(tmp_path):
     statuses = preflight.check("smoke", root=tmp_path, online=lambda host: hosts.append(host) or True)
     assert all(s.downloadable and not s.present for s in statuses if s.need.kind == "dataset")
     assert hosts == ["zenodo.org"]  # each host probed once
-    assert "3 to download, 0 missing" in preflight.report("smoke", statuses)
+    assert "2 to download, 0 missing" in preflight.report("smoke", statuses)
 
 
 def test_everything_present_passes_and_medsoup_data_is_honoured(tmp_path, monkeypatch):
