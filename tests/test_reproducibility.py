@@ -5,6 +5,7 @@ from __future__ import annotations
 from medsoup.book.build import record_timing
 from medsoup.chapters import reproducibility as rep
 from medsoup.runs.provenance import PACKAGES, package_versions
+from medsoup.runs.profiles import PROFILES
 
 
 def test_pinned_versions_reads_both_equality_forms(tmp_path):
@@ -32,7 +33,7 @@ def test_package_versions_of_named_distributions():
 def test_profile_tables_have_one_column_per_profile():
     for name in rep.PROFILE_TABLES:
         table = rep.profile_table(name)
-        assert list(table.columns) == ["smoke", "cpu", "paper"] and len(table) > 3
+        assert list(table.columns) == list(PROFILES) and len(table) > 3
 
 
 def test_settings_table_has_one_short_row_per_setting():
