@@ -2,7 +2,8 @@
 # medsoup entry point on a fresh Linux machine with Python 3.11+.
 #
 #   bash run.sh book          build the Jupyter Book into _build/html from the committed reference
-#                             executions (book/reference/cpu/: the recorded numbers and figures, minutes)
+#                             executions (book/reference/cpu/: the recorded numbers and figures, minutes;
+#                             where none are committed, it executes as with --profile auto)
 #   bash run.sh book [args]   execute the notebooks, then build; args go to `python -m medsoup.book all`,
 #                             e.g. --profile cpu (2-core machine, hours), --profile gpu, --force
 #   bash run.sh test [args]   the import layers (lint-imports), fast tests (pytest -m "not slow"
@@ -19,7 +20,7 @@ VENV=.venv
 STAMP="$VENV/.medsoup-install-stamp"
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -88,7 +89,7 @@ shift
 case "$cmd" in
   book)
     ensure_env
-    if [ $# -eq 0 ]; then
+    if [ $# -eq 0 ] && [ -d book/reference/cpu ]; then
       step "build the book from the committed reference executions" "$VENV/bin/python" -m medsoup.book show
     else
       step "execute notebooks and build the book" "$VENV/bin/python" -m medsoup.book all "$@"
