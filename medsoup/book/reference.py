@@ -23,7 +23,8 @@ import json
 import shutil
 from pathlib import Path
 
-from medsoup.book.build import EXECUTED_DIR, STAMP_SUFFIX, notebook_paths, notebook_stamp, repo_root
+from medsoup.book.build import (EXECUTED_DIR, STAMP_SUFFIX, notebook_paths, notebook_stamp, parameters_per_notebook,
+                                 repo_root)
 
 REFERENCE_DIR = "book/reference"
 #: The profile whose executions ``show`` uses unless told otherwise: the one every committed
@@ -37,9 +38,13 @@ def reference_dir(profile: str, root: Path | None = None) -> Path:
     return (root or repo_root()) / REFERENCE_DIR / profile
 
 
-def _current_stamp(source: Path, profile: str, kernel_name: str, root: Path) -> str:
-    from medsoup.book.build import parameters_per_notebook
+def _read_stamp(folder: Path, stem: str) -> str:
+    """The stamp recorded beside an executed notebook; "" when there is none."""
+    path = folder / (stem + STAMP_SUFFIX)
+    return path.read_text().strip() if path.is_file() else ""
 
+
+def _current_stamp(source: Path, profile: str, kernel_name: str, root: Path) -> str:
     share = parameters_per_notebook([source], {"profile": profile})[source]
     return notebook_stamp(source, share, kernel_name, root)
 
@@ -55,10 +60,8 @@ def publish(profile: str, kernel_name: str = "python3") -> list[Path]:
     executed = root / EXECUTED_DIR
     stale = []
     for source in notebook_paths():
-        stamp_file = executed / (source.stem + STAMP_SUFFIX)
-        current = _current_stamp(source, profile, kernel_name, root)
-        if not (executed / source.name).is_file() or not stamp_file.is_file() \
-                or stamp_file.read_text().strip() != current:
+        if not (executed / source.name).is_file() or \
+                _read_stamp(executed, source.stem) != _current_stamp(source, profile, kernel_name, root):
             stale.append(source.stem)
     if stale:
         raise ValueError(f"not executed at profile {profile!r} with the current sources: {', '.join(stale)}; "
@@ -103,8 +106,7 @@ def show(profile: str = DEFAULT_PROFILE, kernel_name: str = "python3") -> dict[s
     executed.mkdir(parents=True, exist_ok=True)
     fresh = {}
     for source in notebook_paths():
-        stamp = (folder / (source.stem + STAMP_SUFFIX)).read_text().strip() \
-            if (folder / (source.stem + STAMP_SUFFIX)).is_file() else ""
+        stamp = _read_stamp(folder, source.stem)
         fresh[source.stem] = stamp == _current_stamp(source, profile, kernel_name, root)
         nb = nbformat.read(folder / source.name, as_version=4)
         if not fresh[source.stem]:
