@@ -46,6 +46,19 @@ def test_paired_matches_scipy_and_adjusts_for_every_comparison():
     assert tables.count(table, "better", "acc") == 4
 
 
+def test_verdict_words_follow_the_direction_the_table_was_judged_with():
+    rows = _rows().rename(columns={"acc": "barrier_loss"})
+    neither = tables.paired(rows, [("A", "B")], "barrier_loss", higher_is_better=None)
+    assert neither["outcome"].tolist() == ["lower", "lower"]
+    assert tables.verdict(neither).startswith("On d, A is lower than B in test loss barrier: -0.053 (95% CI [")
+    cost = tables.paired(rows, [("A", "B"), ("B", "A")], "barrier_loss", higher_is_better=False)
+    assert cost["outcome"].tolist() == ["better", "better", "worse", "worse"]
+    text = tables.verdict(cost)
+    assert "On d, A is better than B in test loss barrier: -0.053" in text
+    assert "On d, B is worse than A in test loss barrier: +0.053" in text
+    assert tables.metric_label("barrier") == "test metric barrier"
+
+
 def test_one_seed_nan_p_values_and_ambiguous_selectors():
     rows = _rows()
     one = tables.paired(rows[rows["seed"] == 0], [("B", "A")], "acc")

@@ -134,14 +134,17 @@ def _by_seed(part: pd.DataFrame, metric: str, side: str, group: dict) -> pd.Seri
 
 
 def paired(rows: pd.DataFrame, pairs: Sequence[tuple[Selector, Selector]], metrics: MetricSpec | Sequence[str],
-           by: str | Sequence[str] = "dataset", extra: Sequence[str] = ()) -> pd.DataFrame:
+           by: str | Sequence[str] = "dataset", extra: Sequence[str] = (),
+           higher_is_better: bool | None = True) -> pd.DataFrame:
     """For each pair, group of ``by`` and metric (in that order): ``method - reference`` over the
     seeds both ran (positive: the method is higher), as
     :meth:`~medsoup.core.stats.PairedDifference.columns`, with both sides' mean and std over those
     seeds, and ``p_adjusted``: Benjamini-Hochberg over every row of the returned table, its family
     of comparisons (whose size is the column ``family``). ``extra`` columns are averaged over the
     method's rows (e.g. ``merge_rate``). Pairs with no common seed in a group are left out; a
-    per-dataset metric needs ``dataset`` among ``by``.
+    per-dataset metric needs ``dataset`` among ``by``. ``outcome`` judges the metrics as scores;
+    ``higher_is_better=False`` as costs, ``None`` as quantities that are neither (``"higher"`` or
+    ``"lower"``, e.g. loss barriers; :meth:`~medsoup.core.stats.PairedDifference.judged`).
     """
     keys = _as_list(by)
     metric_list = [metrics] if isinstance(metrics, (str, Mapping)) else list(metrics)
@@ -163,7 +166,7 @@ def paired(rows: pd.DataFrame, pairs: Sequence[tuple[Selector, Selector]], metri
                 kept = mine[mine["seed"].isin(seeds)]
                 out.append({**where, "method": label(method), "reference": label(reference), "metric": name,
                             "method_mean": sb.mean, "method_std": sb.std, "reference_mean": sa.mean,
-                            "reference_std": sa.std, **d.columns(),
+                            "reference_std": sa.std, **d.columns(higher_is_better),
                             **{c: float(kept[c].mean()) for c in extra if c in kept}})
     table = pd.DataFrame(out, columns=[*keys, *PAIRED_COLUMNS, *extra])
     table["p_adjusted"] = adjusted_p_values(table["p_value"])
@@ -189,7 +192,10 @@ def adjusted_p_values(p_values: Sequence[float]) -> np.ndarray:
 
 
 def metric_label(metric: str) -> str:
-    """How a metric column reads in a sentence (``f1`` -> ``test F1``, ``lp_f1`` -> ``LP-stage test F1``)."""
+    """How a metric column reads in a sentence (``f1`` -> ``test F1``, ``lp_f1`` -> ``LP-stage test F1``,
+    ``barrier_loss`` -> ``test loss barrier``)."""
+    if metric.startswith("barrier"):
+        return f"test {metric.removeprefix('barrier').strip('_') or 'metric'} barrier"
     if metric.startswith("lp_"):
         return f"LP-stage test {metric[3:].upper()}"
     if metric.startswith("ood_"):
@@ -201,6 +207,16 @@ def _group_name(row: Mapping[str, Any], keys: Sequence[str]) -> str:
     return ", ".join(str(row[k]) if k == "dataset" else f"{k} {row[k]}" for k in keys)
 
 
+def _direction(row: Mapping[str, Any]) -> bool | None:
+    """The ``higher_is_better`` a row of :func:`paired` was judged with, read back from its outcome
+    (a row without a significant outcome reads the same under any direction)."""
+    if row["outcome"] in ("higher", "lower"):
+        return None
+    if row["outcome"] in ("better", "worse"):
+        return (row["difference"] > 0) == (row["outcome"] == "better")
+    return True
+
+
 def verdict(table: pd.DataFrame, by: str | Sequence[str] = "dataset") -> str:
     """One sentence per row of :func:`paired` (true for any outcome: better, worse, not
     significantly different, one seed), then the number of comparisons the adjusted p-values cover."""
@@ -210,7 +226,7 @@ def verdict(table: pd.DataFrame, by: str | Sequence[str] = "dataset") -> str:
     sentences = []
     for row in table.to_dict(orient="records"):
         d = PairedDifference.from_columns(row)
-        text = d.describe(row["method"], row["reference"], metric_label(row["metric"]))
+        text = d.describe(row["method"], row["reference"], metric_label(row["metric"]), _direction(row))
         if d.n > 1:
             text += f"; p = {d.p_value:.3f}, adjusted p = {row['p_adjusted']:.3f}"
         sentences.append(f"On {_group_name(row, keys)}, {text}.")

@@ -52,28 +52,37 @@ class PairedDifference:
 
     @property
     def outcome(self) -> str:
-        """``"better"`` or ``"worse"`` (b against a, when the interval excludes zero), ``"no significant
+        """:meth:`judged` for a score, where higher is better (ACC, AUC, F1)."""
+        return self.judged(True)
+
+    def judged(self, higher_is_better: bool | None = True) -> str:
+        """``"better"`` or ``"worse"`` (b against a, when the interval excludes zero) for a score
+        (``higher_is_better``) or a cost (``False``); ``"higher"`` or ``"lower"`` for a quantity that is
+        neither (``None``, e.g. a loss barrier compared between kinds of model pairs); ``"no significant
         difference"``, or ``"one seed"`` when there is no interval to judge by."""
         if self.n < 2:
             return "one seed"
-        if self.significant:
-            return "better" if self.mean > 0 else "worse"
-        return "no significant difference"
+        if not self.significant:
+            return "no significant difference"
+        if higher_is_better is None:
+            return "higher" if self.mean > 0 else "lower"
+        return "better" if (self.mean > 0) == higher_is_better else "worse"
 
-    def describe(self, subject: str, reference: str, metric: str) -> str:
-        """The outcome in words, true for any result: ``"<subject> is better than <reference> in <metric>:
-        +0.020 (95% CI [+0.010, +0.030], n=5)"``; every chapter's verdicts are built from it."""
+    def describe(self, subject: str, reference: str, metric: str, higher_is_better: bool | None = True) -> str:
+        """The outcome (:meth:`judged`) in words, true for any result: ``"<subject> is better than
+        <reference> in <metric>: +0.020 (95% CI [+0.010, +0.030], n=5)"``, or ``"is higher than"`` for a
+        quantity that is neither a score nor a cost; every chapter's verdicts are built from it."""
         if self.n < 2:
             return f"{subject} minus {reference} is {self.mean:+.3f} {metric} on one seed, too few to test"
-        relation = {"better": "better than", "worse": "worse than",
-                    "no significant difference": "not significantly different from"}[self.outcome]
+        relation = {"better": "better than", "worse": "worse than", "higher": "higher than", "lower": "lower than",
+                    "no significant difference": "not significantly different from"}[self.judged(higher_is_better)]
         return (f"{subject} is {relation} {reference} in {metric}: {self.mean:+.3f} "
                 f"({self.confidence:.0%} CI [{self.low:+.3f}, {self.high:+.3f}], n={self.n})")
 
-    def columns(self) -> dict[str, float | int | str]:
-        """Table columns: ``difference, ci_low, ci_high, p_value, n, outcome``."""
+    def columns(self, higher_is_better: bool | None = True) -> dict[str, float | int | str]:
+        """Table columns: ``difference, ci_low, ci_high, p_value, n, outcome`` (:meth:`judged`)."""
         return {"difference": self.mean, "ci_low": self.low, "ci_high": self.high, "p_value": self.p_value,
-                "n": self.n, "outcome": self.outcome}
+                "n": self.n, "outcome": self.judged(higher_is_better)}
 
     @classmethod
     def from_columns(cls, row, confidence: float = 0.95) -> "PairedDifference":
