@@ -234,8 +234,8 @@ def test_paired_outcome_words_and_columns_round_trip():
 
 def test_paired_outcome_for_costs_and_for_quantities_that_are_neither():
     lower = stats.paired_difference([0.6, 0.71, 0.79], [0.5, 0.6, 0.7])  # b below a on every seed
-    assert lower.judged(False) == "better" and "B is better than A in loss" in lower.describe("B", "A", "loss", False)
-    assert lower.judged(None) == "lower" and "B is lower than A in barrier: -0.100" in lower.describe("B", "A", "barrier", None)
+    assert lower.judged(False) == "better" and "B is better than A in loss" in lower.describe("B", "A", "loss", lower.judged(False))
+    assert lower.judged(None) == "lower" and "B is lower than A in barrier: -0.100" in lower.describe("B", "A", "barrier", lower.judged(None))
     assert lower.columns(None)["outcome"] == "lower" and lower.columns()["outcome"] == "worse"
     higher = stats.paired_difference([0.5, 0.6, 0.7], [0.6, 0.71, 0.79])
     assert higher.judged(None) == "higher" and higher.judged(False) == "worse"

@@ -207,16 +207,6 @@ def _group_name(row: Mapping[str, Any], keys: Sequence[str]) -> str:
     return ", ".join(str(row[k]) if k == "dataset" else f"{k} {row[k]}" for k in keys)
 
 
-def _direction(row: Mapping[str, Any]) -> bool | None:
-    """The ``higher_is_better`` a row of :func:`paired` was judged with, read back from its outcome
-    (a row without a significant outcome reads the same under any direction)."""
-    if row["outcome"] in ("higher", "lower"):
-        return None
-    if row["outcome"] in ("better", "worse"):
-        return (row["difference"] > 0) == (row["outcome"] == "better")
-    return True
-
-
 def verdict(table: pd.DataFrame, by: str | Sequence[str] = "dataset") -> str:
     """One sentence per row of :func:`paired` (true for any outcome: better, worse, not
     significantly different, one seed), then the number of comparisons the adjusted p-values cover."""
@@ -226,7 +216,7 @@ def verdict(table: pd.DataFrame, by: str | Sequence[str] = "dataset") -> str:
     sentences = []
     for row in table.to_dict(orient="records"):
         d = PairedDifference.from_columns(row)
-        text = d.describe(row["method"], row["reference"], metric_label(row["metric"]), _direction(row))
+        text = d.describe(row["method"], row["reference"], metric_label(row["metric"]), row["outcome"])
         if d.n > 1:
             text += f"; p = {d.p_value:.3f}, adjusted p = {row['p_adjusted']:.3f}"
         sentences.append(f"On {_group_name(row, keys)}, {text}.")

@@ -68,14 +68,14 @@ class PairedDifference:
             return "higher" if self.mean > 0 else "lower"
         return "better" if (self.mean > 0) == higher_is_better else "worse"
 
-    def describe(self, subject: str, reference: str, metric: str, higher_is_better: bool | None = True) -> str:
-        """The outcome (:meth:`judged`) in words, true for any result: ``"<subject> is better than
-        <reference> in <metric>: +0.020 (95% CI [+0.010, +0.030], n=5)"``, or ``"is higher than"`` for a
-        quantity that is neither a score nor a cost; every chapter's verdicts are built from it."""
+    def describe(self, subject: str, reference: str, metric: str, outcome: str | None = None) -> str:
+        """``outcome`` (default: :attr:`outcome`, judged as a score; or one of :meth:`judged`) in words,
+        true for any result: ``"<subject> is better than <reference> in <metric>: +0.020 (95% CI [+0.010,
+        +0.030], n=5)"``, or ``"is higher than"``; every chapter's verdicts are built from it."""
         if self.n < 2:
             return f"{subject} minus {reference} is {self.mean:+.3f} {metric} on one seed, too few to test"
         relation = {"better": "better than", "worse": "worse than", "higher": "higher than", "lower": "lower than",
-                    "no significant difference": "not significantly different from"}[self.judged(higher_is_better)]
+                    "no significant difference": "not significantly different from"}[outcome or self.outcome]
         return (f"{subject} is {relation} {reference} in {metric}: {self.mean:+.3f} "
                 f"({self.confidence:.0%} CI [{self.low:+.3f}, {self.high:+.3f}], n={self.n})")
 
