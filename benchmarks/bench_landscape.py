@@ -4,7 +4,9 @@ medsoup's path (:func:`medsoup.merging.landscape.plane_landscape`): one model, t
 ``c @ M`` into its parameters, BN statistics recomputed in place on pre-normalised training
 batches. Reference (a straightforward implementation): per point, ``copy.deepcopy`` of the
 model, a per-key state-dict combination, ``torch.optim.swa_utils.update_bn`` over a DataLoader
-of the training images (same batch size), then evaluation. The reference runs on ``--ref-points``
+of the training images (same batch size), then evaluation in the model's default layout and
+:func:`~medsoup.core.train.evaluate`'s default batch (medsoup lays its model out with
+:func:`~medsoup.core.bn.for_evaluation`: channels-last and smaller batches on a CPU). The reference runs on ``--ref-points``
 grid points sampled at random (the full grid would double the run time); its per-point time is
 compared with medsoup's on the same points, the two timed alternately point by point (each going
 first at every other point) so that a
@@ -32,7 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsoup.core.bn import recalibrate_bn, train_images  # noqa: E402
+from medsoup.core.bn import for_evaluation, recalibrate_bn, train_images  # noqa: E402
 from medsoup.core.data import load_dataset  # noqa: E402
 from medsoup.core.train import TrainConfig, evaluate  # noqa: E402
 from medsoup.merging import statedict as sd  # noqa: E402
@@ -57,6 +59,7 @@ def main() -> None:
     results = [run(c, cache, progress=False) for c in configs]
     states = [r.load_state() for r in results]
     model = results[0].load_model()
+    plain = copy.deepcopy(model)  # the reference's model, in its default layout
     data = load_dataset("retinamnist", device="cpu")
     print(f"benchmark: {args.points} x {args.points} plane through 3 smallcnn models on RetinaMNIST "
           f"({len(data.splits['train'])} training images for BN, {len(data.splits['val'])} validation images)")
@@ -80,6 +83,7 @@ def main() -> None:
     images = torch.cat(train_images(data, model))
     loader = DataLoader(TensorDataset(images), batch_size=256, shuffle=False)
     batches = train_images(data, model)
+    options = for_evaluation(model)  # what plane_landscape does, before the mixer takes the tensors
     mixer = StateMixer(model, states, keys)
     forward = [0.0, None]  # seconds inside the model's forward, start of the current call
 
@@ -89,8 +93,9 @@ def main() -> None:
     def leave(module, inputs, output):
         forward[0] += time.perf_counter() - forward[1]
 
-    model.register_forward_pre_hook(enter)
-    model.register_forward_hook(leave)  # copied along with the model by the reference's deepcopy
+    for network in (model, plain):
+        network.register_forward_pre_hook(enter)
+        network.register_forward_hook(leave)  # copied along with ``plain`` by the reference's deepcopy
     fast_time = ref_time = fast_forward = ref_forward = 0.0
     differences = []
     for index, c in enumerate(coefficients):
@@ -100,12 +105,12 @@ def main() -> None:
             if name == "medsoup":
                 mixer.load(c)
                 recalibrate_bn(model, batches)
-                ours = evaluate(model, data, "val")["loss"]
+                ours = evaluate(model, data, "val", **options)["loss"]
                 fast_time += time.perf_counter() - start
                 fast_forward += forward[0]
             else:
                 point = sd.weighted_sum(states, c)
-                reference = copy.deepcopy(model)
+                reference = copy.deepcopy(plain)
                 reference.load_state_dict({k: point[k] if k in keys else states[0][k] for k in point})
                 update_bn(loader, reference)
                 theirs = evaluate(reference, data, "val")["loss"]

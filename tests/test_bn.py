@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
 from medsoup.core import bn
 from medsoup.core.bn import evaluate_state, recalibrate_bn, train_images
 from medsoup.core.models import create_model
+from medsoup.core.train import evaluate
 from medsoup.merging import statedict as sd
 from tests.conftest import tiny
 
@@ -82,3 +84,20 @@ def test_state_evaluator_matches_evaluate_state_and_recalibrates_once_per_state(
     other = bn.StateEvaluator(_model(), data, recalibrate=True)
     other.load(states[1], statistics)  # known statistics instead of a recalibration
     assert len(calls) == 3 and _same(other.metrics(states[1], "test"), expected[1, "test"])
+
+
+def test_for_evaluation_lays_out_channels_last_and_keeps_the_numbers():
+    data = tiny(n=300)  # more validation images than one CPU evaluation batch
+    model = _model()
+    expected = {split: evaluate(copy.deepcopy(model), data, split) for split in ("val", "test")}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    options = bn.for_evaluation(model)
+    assert options == {"batch_size": bn.CPU_EVALUATION_BATCH} and bn.CPU_EVALUATION_BATCH < len(data.splits["val"])
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    for split, metrics in expected.items():
+        got = evaluate(model, data, split, **options)
+        assert got["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+        assert got["acc"] == metrics["acc"]
+    evaluate_state(model, state, data)  # loading a (contiguous) state keeps the layout
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)

@@ -1,10 +1,10 @@
-"""medsoup.book.build's page-shaping step: papermill's injected cell is folded in the page."""
+"""medsoup.book.execute's page-shaping step: papermill's injected cell is folded in the page."""
 
 from __future__ import annotations
 
 import nbformat
 
-from medsoup.book.build import FOLD_TAG, INJECTED_TAG, fold_injected_parameters
+from medsoup.book.execute import FOLD_TAG, INJECTED_TAG, fold_injected_parameters
 
 
 def test_fold_injected_parameters_tags_only_papermills_cell_once(tmp_path):

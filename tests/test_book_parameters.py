@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medsoup.book import batch, build
+from medsoup.book import batch, build, execute
 from medsoup.chapters.inmerge import INMERGE
 from medsoup.runs.profiles import settings
 
@@ -16,22 +16,22 @@ COMPARISON = ROOT / "notebooks" / "40_comparison.ipynb"
 
 
 def test_declared_parameters_come_from_the_parameters_cell():
-    assert build.declared_parameters(QUICKSTART) == ("profile", "dataset", "model", "epochs", "seed")
+    assert execute.declared_parameters(QUICKSTART) == ("profile", "dataset", "model", "epochs", "seed")
 
 
 def test_each_notebook_gets_only_the_parameters_it_declares():
-    shares = build.parameters_per_notebook([QUICKSTART, COMPARISON], {"profile": "smoke", "metric": "acc", "seed": 1})
+    shares = execute.parameters_per_notebook([QUICKSTART, COMPARISON], {"profile": "smoke", "metric": "acc", "seed": 1})
     assert shares == {QUICKSTART: {"profile": "smoke", "seed": 1}, COMPARISON: {"profile": "smoke", "metric": "acc"}}
 
 
 def test_a_misspelled_parameter_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="unknown parameter\\(s\\) 'datset' for 00_quickstart; the parameters "
                                          "cells declare: dataset, epochs, model, profile, seed"):
-        build.parameters_per_notebook([QUICKSTART], {"profile": "smoke", "datset": "retinamnist"})
+        execute.parameters_per_notebook([QUICKSTART], {"profile": "smoke", "datset": "retinamnist"})
 
 
 def test_the_book_cli_refuses_an_unknown_parameter_before_executing(capsys, monkeypatch):
-    monkeypatch.setattr(build, "run_papermill", lambda *a, **k: pytest.fail("nothing may run"))
+    monkeypatch.setattr(execute, "run_papermill", lambda *a, **k: pytest.fail("nothing may run"))
     status = build.main(["execute", "--profile", "smoke", "--only", "00_quickstart", "-p", "datset", "retinamnist"])
     assert status == 1
     assert "unknown parameter(s) 'datset'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medsoup.chapters import comparison as cmp
-from medsoup.chapters import fissionfusion as ff
+from medsoup.chapters import fissionfusion_soups as soups
 from medsoup.chapters import inmerge, tables
 from medsoup.chapters.medmerge import method_name
 from medsoup.runs.profiles import settings
@@ -30,9 +30,9 @@ def _results():
     ff_rows = []
     for seed in (0, 1):
         for rc in (False, True):
-            results = {m: ff.MethodResult({}, {}, _metrics(0.55 + (0.01 * seed if m == "GoG" else 0)), 0, 1)
+            results = {m: soups.MethodResult({}, {}, _metrics(0.55 + (0.01 * seed if m == "GoG" else 0)), 0, 1)
                        for m in ("GS(best)", "Greedy soup", "GoG", "GS+HS(GoU)")}
-            ff_rows += ff.long_rows("breastmnist", seed, rc, results)
+            ff_rows += soups.long_rows("breastmnist", seed, rc, results)
     fission = {"profile": "cpu", "settings": {},
                "compute": {"breastmnist / seed 0": {"GS models": 8, "GS epochs": 16, "GS wall_time": 70.0,
                                                     "FGG models": 8, "FGG epochs": 14, "FGG wall_time": 50.0}},

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from medsoup.chapters import fissionfusion as ff
+from medsoup.chapters import fissionfusion as ff, fissionfusion_soups as soups
 from medsoup.chapters.fissionfusion import FISSIONFUSION
 from medsoup.core.models import create_model
 from medsoup.core.schedules import cycle_length, cyclical_lr, is_cycle_minimum
@@ -96,9 +96,9 @@ def test_every_profile_starts_from_imagenet_and_names_known_methods():
     for profile in ("smoke", "cpu", "paper"):
         s = settings(FISSIONFUSION, profile)
         assert ff.pretrain_run(s, s["datasets"][0]) == "imagenet"
-        assert set(s["averaged_methods"]) <= set(s["methods"]) <= set(ff.SOUPS)
+        assert set(s["averaged_methods"]) <= set(s["methods"]) <= set(soups.SOUPS)
         assert set(s["lmc_bn"]) <= {"averaged", "recomputed"} and 0 < s["lmc_seeds"] <= len(s["seeds"])
-    assert settings(FISSIONFUSION, "paper")["methods"] == ff.METHODS + ff.ABLATION
+    assert settings(FISSIONFUSION, "paper")["methods"] == soups.METHODS + soups.ABLATION
     cpu = settings(FISSIONFUSION, "cpu")
     assert len(cpu["seeds"]) >= 5 and {"retinamnist", "pneumoniamnist"} <= set(cpu["datasets"])
     assert {"GoG", "FGG+Greedy", "Greedy soup", "GS(best)"} <= set(cpu["methods"])

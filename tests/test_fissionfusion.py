@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medsoup.chapters import fissionfusion as ff
+from medsoup.chapters import fissionfusion as ff, fissionfusion_soups as soups
 from medsoup.chapters import tables
 from medsoup.chapters.fissionfusion import FISSIONFUSION
 from medsoup.core.bn import evaluate_state, train_images
@@ -22,9 +22,9 @@ from tests.conftest import real_file
 def _rows():
     results, rows = {}, []
     for seed, (a, b) in enumerate([(0.70, 0.75), (0.72, 0.78), (0.71, 0.74)]):
-        results = {m: ff.MethodResult({}, {"f1": v + 0.01}, {"f1": v}, 0, 1) for m, v in (("Greedy soup", a), ("GoG", b))}
+        results = {m: soups.MethodResult({}, {"f1": v + 0.01}, {"f1": v}, 0, 1) for m, v in (("Greedy soup", a), ("GoG", b))}
         ood = {m: {"noise": {"f1": r.test["f1"] - 0.1}, "blur": {"f1": r.test["f1"] - 0.2}} for m, r in results.items()}
-        rows += ff.long_rows("retinamnist", seed, False, results, ood)
+        rows += soups.long_rows("retinamnist", seed, False, results, ood)
     return pd.DataFrame(rows)
 
 
@@ -68,26 +68,26 @@ def _score(state):  # best at w = 1
 
 def _result(souped):
     state, evaluations, weights = souped
-    return ff.MethodResult(state, {}, {}, evaluations, len(weights), None, weights)
+    return soups.MethodResult(state, {}, {}, evaluations, len(weights), None, weights)
 
 
 def test_soups_name_their_ingredients_and_weights():
     groups = [_states(0.9, 1.3, 0.5), _states(-2.0, -3.0)]
     labels = [["a0", "a1", "a2"], ["b0", "b1"]]
     scores = [[_score(x) for x in g] for g in groups]
-    flat = ff.Pool([x for g in groups for x in g], [v for g in scores for v in g], [n for g in labels for n in g])
-    nested = ff.Pool(groups, scores, labels)
-    best = _result(ff.best_of(flat, _score))
+    flat = soups.Pool([x for g in groups for x in g], [v for g in scores for v in g], [n for g in labels for n in g])
+    nested = soups.Pool(groups, scores, labels)
+    best = _result(soups.best_of(flat, _score))
     assert best.weights == {"a0": 1.0}
-    uniform = _result(ff.uniform_of(flat, _score))
+    uniform = _result(soups.uniform_of(flat, _score))
     assert uniform.weights == {n: 0.2 for n in ("a0", "a1", "a2", "b0", "b1")}
-    greedy = _result(ff.greedy_of(flat, _score))
+    greedy = _result(soups.greedy_of(flat, _score))
     assert greedy.weights == {"a0": 0.5, "a1": 0.5} and float(greedy.state["w"]) == pytest.approx(1.1)
-    gog = _result(ff.hierarchical_of("greedy", nested, _score))
-    assert gog.weights == {"a0": 0.5, "a1": 0.5} and ff.same_soup(gog, greedy)  # group b never helps
-    gou = _result(ff.hierarchical_of("uniform", nested, _score))
+    gog = _result(soups.hierarchical_of("greedy", nested, _score))
+    assert gog.weights == {"a0": 0.5, "a1": 0.5} and soups.same_soup(gog, greedy)  # group b never helps
+    gou = _result(soups.hierarchical_of("uniform", nested, _score))
     assert gou.weights == pytest.approx({"a0": 1 / 3, "a1": 1 / 3, "a2": 1 / 3})
-    assert not ff.same_soup(gou, greedy) and not ff.same_soup(best, greedy)
+    assert not soups.same_soup(gou, greedy) and not soups.same_soup(best, greedy)
 
 
 def test_curve_band_is_mean_and_std_over_seeds():
@@ -113,19 +113,19 @@ def test_pipeline_on_a_tiny_zoo():
     assert len(zoo.grid) == 1 and zoo.base[0].key == zoo.grid[0].key
     assert zoo.compute()["FGG"]["models"] == 1 + s["fgg_snapshots"]
     data = load_dataset("breastmnist", train_subset=64)
-    results = ff.soup_methods(zoo, data, "auc", recalibrate=True, bn_images=32)
-    assert set(results) == set(ff.METHODS + ff.ABLATION)
+    results = soups.soup_methods(zoo, data, "auc", recalibrate=True, bn_images=32)
+    assert set(results) == set(soups.METHODS + soups.ABLATION)
     assert results["Uniform soup"].ingredients == 1 and results["FGG+Uniform"].ingredients == 1 + s["fgg_snapshots"]
     assert results["FGG+Uniform"].weights == {"lr 0.001 base": 1 / 3, "lr 0.001 snapshot 0": 1 / 3,
                                               "lr 0.001 snapshot 1": 1 / 3}
     assert all(abs(sum(r.weights.values()) - 1) < 1e-12 for r in results.values())
-    assert ff.same_soup(results["GoG"], results["FGG+Greedy"])  # one group: the same greedy soup
+    assert soups.same_soup(results["GoG"], results["FGG+Greedy"])  # one group: the same greedy soup
     model = create_model("smallcnn", 2)
-    ood = ff.ood_metrics(model, results, data, ("gaussian_noise",), 3, recalibrate=True)
+    ood = soups.ood_metrics(model, results, data, ("gaussian_noise",), 3, recalibrate=True)
     batches = train_images(data, model, max_images=32)
-    rows = ff.long_rows("breastmnist", 0, True, results, ood)
+    rows = soups.long_rows("breastmnist", 0, True, results, ood)
     assert len(rows) == len(results) and rows[0]["ood_auc"] == ood[rows[0]["method"]]["gaussian_noise"]["auc"]
-    per_corruption = ff.ood_rows("breastmnist", 0, True, ood)
+    per_corruption = soups.ood_rows("breastmnist", 0, True, ood)
     assert len(per_corruption) == len(results) and per_corruption[0]["corruption"] == "gaussian_noise"
     # the shared loads, recalibrations and corrupted sets change no number: the straightforward evaluation agrees
     shifted = corrupted(data, "gaussian_noise", 3)
@@ -133,8 +133,8 @@ def test_pipeline_on_a_tiny_zoo():
         for split in ("val", "test"):
             assert _same(getattr(result, split), evaluate_state(model, result.state, data, split, batches)), name
         assert _same(ood[name]["gaussian_noise"], evaluate_state(model, result.state, shifted, "test", batches)), name
-    stored = ff.soup_methods(zoo, data, "auc", methods=("GoG",))
-    plain = ff.ood_metrics(model, stored, data, ("gaussian_noise",), 3)
+    stored = soups.soup_methods(zoo, data, "auc", methods=("GoG",))
+    plain = soups.ood_metrics(model, stored, data, ("gaussian_noise",), 3)
     assert _same(plain["GoG"]["gaussian_noise"], evaluate_state(model, stored["GoG"].state, shifted, "test"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from medsoup.book import build, preflight
+from medsoup.book import build, execute, preflight
 from medsoup.book.preflight import Need, PreflightError
 
 
@@ -95,7 +95,7 @@ def test_book_execute_at_paper_fails_fast_listing_what_is_missing(tmp_path, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(preflight, "reachable", lambda host, port=443, timeout=2.0: False)
     monkeypatch.setattr(preflight, "_cached_weights", lambda model: None)
-    monkeypatch.setattr(build, "run_papermill", lambda *args, **kwargs: pytest.fail("a notebook was executed"))
+    monkeypatch.setattr(execute, "run_papermill", lambda *args, **kwargs: pytest.fail("a notebook was executed"))
     assert build.main(["execute", "--profile", "paper", "--only", "20_fissionfusion"]) == 1
     error = capsys.readouterr().err
     assert "MISSING: pneumoniamnist 224 px (for fissionfusion)" in error

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medsoup.book.build import record_timing
+from medsoup.book.execute import record_timing
 from medsoup.chapters import reproducibility as rep
 from medsoup.runs.provenance import PACKAGES, package_versions
 from medsoup.runs.profiles import PROFILES

@@ -79,12 +79,12 @@ def test_only_the_reference_run_writes_the_reference_file(tmp_path, monkeypatch)
 
 
 def test_the_book_runner_marks_its_executions_as_reference_runs(monkeypatch, tmp_path):
-    from medsoup.book import build
+    from medsoup.book import execute
 
     seen = []
-    monkeypatch.setattr(build, "run_papermill", lambda *a, **k: seen.append(__import__("os").environ.get(results.REFERENCE_ENV)))
-    monkeypatch.setattr(build, "record_timing", lambda *a, **k: None)
-    monkeypatch.setattr(build, "fold_injected_parameters", lambda target: None)  # nothing was executed
+    monkeypatch.setattr(execute, "run_papermill", lambda *a, **k: seen.append(__import__("os").environ.get(results.REFERENCE_ENV)))
+    monkeypatch.setattr(execute, "record_timing", lambda *a, **k: None)
+    monkeypatch.setattr(execute, "fold_injected_parameters", lambda target: None)  # nothing was executed
     monkeypatch.delenv(results.REFERENCE_ENV, raising=False)
-    build.execute_notebooks("smoke", only=["90_reproducibility"], out_dir=tmp_path, force=True)
+    execute.execute_notebooks("smoke", only=["90_reproducibility"], out_dir=tmp_path, force=True)
     assert seen == ["1"] and results.REFERENCE_ENV not in __import__("os").environ

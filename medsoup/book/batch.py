@@ -44,14 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsoup.book.build import (
-    NotebookExecutionError,
-    notebook_stamp,
-    parameters_per_notebook,
-    parse_value,
-    repo_root,
-    run_papermill,
-)
+from medsoup.book.build import parse_value
+from medsoup.book.execute import NotebookExecutionError, notebook_stamp, parameters_per_notebook, repo_root, run_papermill
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 

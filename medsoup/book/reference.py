@@ -11,7 +11,7 @@ in the time of a build:
     python -m medsoup.book show                    # the committed cpu executions, then the build
 
 A reference execution whose stamp no longer matches the sources (a notebook, the ``medsoup/``
-code, the parameters or ``constraints.txt`` changed since: :func:`medsoup.book.build.notebook_stamp`)
+code, the parameters or ``constraints.txt`` changed since: :func:`medsoup.book.execute.notebook_stamp`)
 is still shown, under a note at the top of its page saying when and by which code version it was
 executed and how to re-execute it; it gets no stamp in ``book/executed/``, so the next ``execute``
 at that profile runs it again. An up-to-date one gets its stamp, and ``execute`` skips it.
@@ -23,8 +23,8 @@ import json
 import shutil
 from pathlib import Path
 
-from medsoup.book.build import (EXECUTED_DIR, STAMP_SUFFIX, notebook_paths, notebook_stamp, parameters_per_notebook,
-                                 repo_root)
+from medsoup.book.execute import (EXECUTED_DIR, STAMP_SUFFIX, notebook_paths, notebook_stamp, parameters_per_notebook,
+                                   repo_root)
 
 REFERENCE_DIR = "book/reference"
 #: The profile whose executions ``show`` uses unless told otherwise: the one every committed

@@ -76,7 +76,7 @@ def _timings_record(profile: str, root: str | Path) -> dict:
 
 
 def timings(profile: str, root: str | Path = "results") -> pd.DataFrame:
-    """The execution wall time of each notebook recorded by ``medsoup.book.build`` for ``profile``
+    """The execution wall time of each notebook recorded by ``medsoup.book.execute`` for ``profile``
     (empty when none was recorded)."""
     record = _timings_record(profile, root)
     return pd.DataFrame([{"notebook": name, "minutes": entry["seconds"] / 60, "finished": entry["finished"],

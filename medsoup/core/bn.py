@@ -7,7 +7,8 @@ calls it. :func:`recalibrate_bn` does that pass in place on the given model: sta
 ``momentum=None`` (a cumulative average over batches, as ``torch.optim.swa_utils.update_bn``),
 only BatchNorm layers in training mode (dropout and the like stay off), no deep copy.
 :class:`StateEvaluator` evaluates many states with one model, loading (and recalibrating) each
-state once however many splits or corrupted test sets it is evaluated on.
+state once however many splits or corrupted test sets it is evaluated on. Both lay the model out for
+many evaluation passes first (:func:`for_evaluation`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,28 @@ from torch import nn
 from medsoup.core.checkpoint import load_state_into
 from medsoup.core.data import MedData
 from medsoup.core.train import evaluate, model_in_chans
+
+
+#: Batch size of the evaluation passes here on a CPU: activations that stay in the processor's caches
+#: (e.g. Lite0 with its stride-1 stem at 28 px: 32 x 28 x 28 floats per image in its first layers). On
+#: other devices the training loop's :func:`~medsoup.core.train.evaluate` default is kept.
+CPU_EVALUATION_BATCH = 128
+
+
+def for_evaluation(model: nn.Module) -> dict[str, int]:
+    """Lay ``model`` out, in place, for many evaluation passes on its device; return the keyword
+    arguments of :func:`~medsoup.core.train.evaluate` for them.
+
+    On a CPU: channels-last weights (its convolutions' output follows them; the inputs need no
+    change) and :data:`CPU_EVALUATION_BATCH`; measured together about 2x faster than contiguous
+    weights in batches of 512 for Lite0 at 28 px (``benchmarks/bench_fissionfusion_eval.py``). The
+    numbers differ from those only in float rounding (~1e-6 on a logit). Other devices: unchanged,
+    no arguments. Call it before taking references to the model's tensors: the layout replaces them.
+    """
+    if next(model.parameters()).device.type != "cpu":
+        return {}
+    model.to(memory_format=torch.channels_last)
+    return {"batch_size": CPU_EVALUATION_BATCH}
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -79,15 +102,17 @@ def recalibrate_bn(model: nn.Module, batches: MedData | Iterable[torch.Tensor],
 
 def evaluate_state(model: nn.Module, state: Mapping[str, torch.Tensor], data: MedData, split: str = "val",
                    recalibrate: bool | MedData | Iterable[torch.Tensor] = False) -> dict:
-    """Metrics of ``state`` loaded into ``model`` (overwritten, reused) on ``split``.
+    """Metrics of ``state`` loaded into ``model`` (overwritten, reused, laid out by
+    :func:`for_evaluation`) on ``split``.
 
     ``recalibrate``: False, True (recompute BN statistics on ``data``'s training split), or the
     batches/data to recompute them on.
     """
+    options = for_evaluation(model)
     load_state_into(model, state)
     if recalibrate is not False:
         recalibrate_bn(model, data if recalibrate is True else recalibrate)
-    return evaluate(model, data, split)
+    return evaluate(model, data, split, **options)
 
 
 def bn_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -98,7 +123,8 @@ def bn_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class StateEvaluator:
-    """Metrics of many states with one ``model`` (reused, overwritten) on ``data``.
+    """Metrics of many states with one ``model`` (reused, overwritten, laid out by
+    :func:`for_evaluation`) on ``data``.
 
     ``recalibrate``: False, True (BatchNorm statistics recomputed on ``data``'s training split
     before a state is evaluated) or the batches to recompute them on. A state is loaded, and
@@ -113,6 +139,7 @@ class StateEvaluator:
     def __init__(self, model: nn.Module, data: MedData,
                  recalibrate: bool | Iterable[torch.Tensor] = False):
         self.model, self.data = model, data
+        self.options = for_evaluation(model)
         self.batches = (train_images(data, model) if recalibrate is True
                         else None if recalibrate is False else list(recalibrate))
         self._loaded: tuple | None = None
@@ -140,12 +167,12 @@ class StateEvaluator:
         """:func:`~medsoup.core.train.evaluate` of ``state`` on ``split`` of ``data`` (default: the
         evaluator's data, whose results are remembered)."""
         if data is not None and data is not self.data:
-            return evaluate(self.load(state), data, split)
+            return evaluate(self.load(state), data, split, **self.options)
         key = (_identity(state), split)
         known = self._known.get(key)
         if known is not None and _alive((key[0], known[0]), key[0]):
             return dict(known[1])
-        metrics = evaluate(self.load(state), self.data, split)
+        metrics = evaluate(self.load(state), self.data, split, **self.options)
         self._known = {k: v for k, v in self._known.items() if all(r() is not None for r in v[0])}
         self._known[key] = ([weakref.ref(t) for t in state.values()], metrics)
         return dict(metrics)

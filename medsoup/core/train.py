@@ -7,7 +7,7 @@ the best epoch (by ``select_metric`` on the validation split) is restored at the
 
 With ``checkpoint=<stem>`` the full training state (model, best model, optimizer, random
 generators, callback state, history) is written atomically after every epoch and training
-resumes from it, giving the same numbers as an uninterrupted run.
+resumes from it, giving the same numbers as an uninterrupted run (:mod:`medsoup.core.resume`).
 
 On CUDA a step makes no host wait: batch order and augmentation are drawn by a seeded generator
 on the GPU, the loss is summed and checked for NaN/inf on the device, and both are read once per
@@ -18,10 +18,8 @@ always did, so CPU runs keep their numbers bit for bit.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -29,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsoup.core import checkpoint as ckpt
 from medsoup.core.augment import AUGMENT_LEVELS
 from medsoup.core.data import MedData
 from medsoup.core.metrics import METRICS, compute_metrics
 from medsoup.core.progress import progress as progress_bar
 from medsoup.core.progress import write
+from medsoup.core.resume import (check_resume_signature, read_resume_state, restore_state, resume_signature,
+                                 save_state)
 from medsoup.core.schedules import SCHEDULES, make_schedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -247,33 +246,6 @@ def non_finite_entries(model: nn.Module) -> list[str]:
     return [name for name, ok in zip(state, finite) if not ok]
 
 
-def resume_signature(model: nn.Module, data: MedData, config: TrainConfig) -> dict:
-    """What a resume checkpoint must have been written for: the training config, the data and the
-    model's parameter names and shapes (JSON values)."""
-    return json.loads(json.dumps({
-        "train_config": dataclasses.asdict(config),
-        "data": {"name": data.name, "size": data.size, "train_images": len(data.splits["train"])},
-        "parameters": {k: list(v.shape) for k, v in model.state_dict().items()}}))
-
-
-def check_resume_signature(stem, recorded: dict | None, expected: dict) -> None:
-    """Refuse to resume from a checkpoint written for another config, naming what differs."""
-    if recorded is None:
-        raise ckpt.CheckpointError(f"resume checkpoint {stem} records no training config; delete it to start over")
-    differences = []
-    for part, value in expected.items():
-        old = recorded.get(part)
-        if isinstance(value, dict) and isinstance(old, dict):
-            differences += [f"{part}.{k}: checkpoint {old.get(k, '(absent)')!r} vs now {value.get(k, '(absent)')!r}"
-                            for k in sorted(set(value) | set(old)) if old.get(k) != value.get(k)]
-        elif old != value:
-            differences.append(f"{part}: checkpoint {old!r} vs now {value!r}")
-    if differences:
-        shown = "; ".join(differences[:6]) + (f"; ... ({len(differences)} in all)" if len(differences) > 6 else "")
-        raise ckpt.CheckpointError(f"resume checkpoint {stem} was written for another run ({shown}); "
-                                   "resume with the same config, or delete it to start over")
-
-
 class LossWatch:
     """The finite-loss check of :func:`fit`.
 
@@ -305,56 +277,6 @@ class LossWatch:
         if step >= 0:
             raise NonFiniteLossError(f"loss became {float(self.first_loss)} at epoch {epoch + 1}, step {step} "
                                      "(checked at the end of the epoch); " + _STOPPED.format(lr=lr_at(step)))
-
-
-def _save_state(stem, model, best_state, optimizer, generator, callbacks, meta) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": v for k, v in best_state.items()})
-    optim_state = optimizer.state_dict()
-    for index, values in optim_state["state"].items():
-        for name, value in values.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
-    tensors["rng.data"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    for i, callback in enumerate(callbacks):
-        tensors.update({f"callback{i}.{k}": v for k, v in callback.state_dict().items()})
-    ckpt.save_checkpoint(stem, tensors, meta)
-
-
-def _read_resume_state(stem) -> tuple[dict, dict] | None:
-    """The resume checkpoint's ``(tensors, metadata)``; None when there is none. An unreadable one
-    (corrupted on disk) is set aside with a warning, so that training starts over instead of failing
-    for good."""
-    if stem is None or not ckpt.exists(stem):
-        return None
-    try:
-        return ckpt.load_checkpoint(stem)
-    except ckpt.CheckpointError as error:
-        aside = ckpt.set_aside(stem)
-        warnings.warn(f"{error}; it was moved to {aside} and training starts from the first epoch", stacklevel=3)
-        return None
-
-
-def _load_state(tensors, model, optimizer, generator, callbacks) -> dict:
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    state = optimizer.state_dict()
-    restored: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            restored.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": restored, "param_groups": state["param_groups"]})
-    if tensors["rng.data"].shape != generator.get_state().shape:
-        raise ckpt.CheckpointError(f"the resume checkpoint's data generator state does not fit this run's "
-                                   f"{generator.device.type} generator (written on another device type); resume "
-                                   "on the device type it was written on, or delete it to start over")
-    generator.set_state(tensors["rng.data"])
-    torch.set_rng_state(tensors["rng.torch"])
-    for i, callback in enumerate(callbacks):
-        prefix = f"callback{i}."
-        callback.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return best
 
 
 _STOPPED = ("training stopped (lr {lr:g}). The last checkpoint written, if any, is left intact; "
@@ -402,11 +324,11 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_epoch, elapsed = 0, 0.0
     signature = resume_signature(model, data, config)
-    resumed = _read_resume_state(checkpoint)
+    resumed = read_resume_state(checkpoint)
     if resumed is not None:
         tensors, meta = resumed
         check_resume_signature(checkpoint, meta.get("signature"), signature)
-        best_state = _load_state(tensors, model, optimizer, generator, callbacks)
+        best_state = restore_state(tensors, model, optimizer, generator, callbacks)
         start_epoch, elapsed = meta["epochs_done"], meta["wall_time"]
         result.history, result.best_epoch, result.best_score = meta["history"], meta["best_epoch"], meta["best_score"]
     for callback in callbacks:
@@ -460,7 +382,7 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
                 write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
                       f"val acc {val['acc']:.4f}, val auc {val['auc']:.4f}")
             if checkpoint is not None:
-                _save_state(checkpoint, model, best_state, optimizer, generator, callbacks,
+                save_state(checkpoint, model, best_state, optimizer, generator, callbacks,
                             {"epochs_done": epoch + 1, "wall_time": record["time"], "history": result.history,
                              "best_epoch": result.best_epoch, "best_score": result.best_score,
                              "signature": signature})

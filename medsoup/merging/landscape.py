@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsoup.core.bn import recalibrate_bn, train_images
+from medsoup.core.bn import for_evaluation, recalibrate_bn, train_images
 from medsoup.core.data import MedData
 from medsoup.core.progress import progress
 from medsoup.core.train import evaluate
@@ -63,8 +63,10 @@ def evaluate_combinations(model: nn.Module, states: Sequence[StateDict], coeffic
                           bn_images: int | None = None, desc: str = "points") -> list[dict]:
     """Metrics on ``split`` of each combination ``sum_k c_k * states[k]`` (one row of
     ``coefficients`` each). ``recalibrate``: recompute BatchNorm statistics at every point (on at
-    most ``bn_images`` training images) instead of combining the stored ones. A progress bar
+    most ``bn_images`` training images) instead of combining the stored ones. ``model`` is
+    overwritten and laid out by :func:`~medsoup.core.bn.for_evaluation`. A progress bar
     named ``desc`` shows the point being evaluated."""
+    options = for_evaluation(model)  # before the mixer takes the model's tensors
     keys = [k for k, _ in model.named_parameters()] if recalibrate else None
     mixer = StateMixer(model, states, keys)
     batches = train_images(data, model, max_images=bn_images) if recalibrate else None
@@ -75,7 +77,7 @@ def evaluate_combinations(model: nn.Module, states: Sequence[StateDict], coeffic
         mixer.load(row)
         if recalibrate:
             recalibrate_bn(model, batches)
-        results.append(evaluate(model, data, split))
+        results.append(evaluate(model, data, split, **options))
     return results
 
 

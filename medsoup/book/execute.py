@@ -1,0 +1,270 @@
+"""Execute the source notebooks with papermill into the book's pages, skipping those up to date.
+
+Each source notebook ``notebooks/<name>.ipynb`` (committed without outputs) runs
+through papermill with those of ``{"profile": profile, **parameters}`` it declares into the build product
+``book/executed/<name>.ipynb``, which ``_toc.yml`` lists. The kernel's working directory is the
+repository root, the same as for ``pytest``, the ``medsoup`` CLIs and the README's ``papermill``
+example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset,
+and ``MEDSOUP_REFERENCE_RUN=1``: these executions are the reference runs whose results files
+(``results/<stem>/<profile>.json``) are committed (:mod:`medsoup.runs.results`).
+A notebook is skipped when its executed copy exists and its stamp file ``<name>.stamp`` beside it
+matches the sha256 of (source notebook, parameters, kernel, the code of the ``medsoup/`` sources
+(docstrings and comments left out, as in the run keys), ``constraints.txt``; for a notebook whose
+metadata has ``{"medsoup": {"reads_results": true}}``, also the other notebooks'
+``results/*/<profile>.json``), so a rebuild with nothing changed takes seconds. Each
+execution's wall time goes to ``results/timings/<profile>.json``.
+
+Parameters: a notebook declares its parameters in its ``parameters`` cell; a ``-p`` name that no
+selected notebook declares is refused with the valid names (a misspelled ``-p datset ...`` would
+otherwise be ignored), and each notebook receives only the parameters it declares.
+
+Profiles: ``smoke`` (CI, minutes), ``cpu`` (a 2-core machine), ``paper`` (a GPU, the papers'
+settings), ``gpu`` (one CUDA GPU, offline); ``auto`` is ``gpu`` when CUDA is available and ``cpu`` otherwise. Before a ``paper``
+execution, :mod:`medsoup.book.preflight` checks that every dataset file and ImageNet weight the
+selected notebooks need is present or downloadable, and stops with the list of what is not.
+
+Only the standard library is imported at module level; papermill and
+:mod:`medsoup.runs.profiles` (torch) are imported when executing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from medsoup.core.paths import project_root
+
+EXECUTED_DIR = "book/executed"
+STAMP_SUFFIX = ".stamp"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+#: papermill's tag on the cell it injects with the execution's parameters, and the Jupyter Book
+#: tag that folds that cell in the page (collapsed, one click shows the values used).
+INJECTED_TAG = "injected-parameters"
+FOLD_TAG = "hide-cell"
+
+
+#: Profiles whose files are checked before anything executes (:mod:`medsoup.book.preflight`): the
+#: ones that need files or weights the offline machine may not have.
+PREFLIGHT_PROFILES = ("paper",)
+
+
+class NotebookExecutionError(RuntimeError):
+    """A notebook failed; the message names it and the partially executed copy."""
+
+
+def repo_root() -> Path:
+    """The book's root: the medsoup checkout in use (:func:`medsoup.core.paths.project_root`)."""
+    candidate = project_root()
+    if candidate is not None and (candidate / "_config.yml").is_file() and (candidate / "notebooks").is_dir():
+        return candidate
+    raise FileNotFoundError(
+        "cannot find the book root (a folder with _config.yml and notebooks/): install medsoup "
+        "editable (`pip install -e .`) or run from the repository root"
+    )
+
+
+def notebook_paths(only: Iterable[str] | None = None) -> list[Path]:
+    """Source notebooks ``notebooks/*.ipynb``, sorted; ``only`` selects by name (stem or path)."""
+    paths = sorted((repo_root() / "notebooks").glob("*.ipynb"))
+    if only is None:
+        return paths
+    by_stem = {p.stem: p for p in paths}
+    wanted = [Path(name).name.removesuffix(".ipynb") for name in only]
+    unknown = [name for name in wanted if name not in by_stem]
+    if unknown:
+        raise ValueError(f"no notebook named {', '.join(unknown)} in notebooks/; "
+                         f"available: {', '.join(by_stem) or '(none)'}")
+    return [by_stem[name] for name in dict.fromkeys(wanted)]
+
+
+def declared_parameters(source: Path) -> tuple[str, ...]:
+    """The names a notebook's ``parameters`` cell declares (read by papermill, nothing executed)."""
+    import papermill
+
+    return tuple(papermill.inspect_notebook(str(source)))
+
+
+def parameters_per_notebook(sources: Iterable[Path], parameters: Mapping[str, Any]) -> dict[Path, dict[str, Any]]:
+    """Each notebook's share of ``parameters``: the ones its ``parameters`` cell declares.
+
+    A name that none of ``sources`` declares raises ``ValueError`` listing the declared ones, so a
+    misspelled parameter is never silently ignored and no undeclared name reaches the notebook's code.
+    """
+    declared = {source: declared_parameters(source) for source in sources}
+    valid = sorted({name for names in declared.values() for name in names})
+    unknown = sorted(set(parameters) - set(valid))
+    if unknown:
+        which = ", ".join(source.stem for source in declared)
+        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))} for {which}; "
+                         f"the parameters cells declare: {', '.join(valid) or '(none)'}")
+    return {source: {k: v for k, v in parameters.items() if k in names} for source, names in declared.items()}
+
+
+def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str, root: Path) -> str:
+    """sha256 over everything that changes an executed notebook's content (the ``medsoup/`` sources
+    as the run keys see them: :func:`~medsoup.runs.provenance.code_digest`, docstrings and comments
+    left out)."""
+    from medsoup.runs.provenance import code_digest
+    from medsoup.runs.results import timings_path
+
+    h = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        h.update(f"{label}\0{len(data)}\0".encode())
+        h.update(data)
+
+    add("notebook", source.read_bytes())
+    add("parameters", json.dumps(parameters, sort_keys=True, default=str).encode())
+    add("kernel", kernel_name.encode())
+    add("medsoup", code_digest(root / "medsoup").encode())
+    constraints = root / "constraints.txt"
+    if constraints.is_file():
+        add("constraints.txt", constraints.read_bytes())
+    if json.loads(source.read_text()).get("metadata", {}).get("medsoup", {}).get("reads_results"):
+        # A page built from other notebooks' results (comparison, reproducibility) is stale
+        # when they change.
+        profile = parameters.get("profile", "")
+        for path in sorted((root / "results").glob(f"*/{profile}.json")):
+            if path.parent.name not in (source.stem, timings_path(profile).parent.name):
+                add(path.relative_to(root).as_posix(), path.read_bytes())
+    return h.hexdigest()
+
+
+def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Path:
+    """Add a notebook's execution time to ``results/timings/<profile>.json`` (the reproducibility
+    page's wall times); machine and code version are recorded with it."""
+    from medsoup.core.checkpoint import atomic_write_text
+    from medsoup.runs.provenance import code_version, machine
+    from medsoup.runs.results import timings_path
+
+    path = timings_path(profile, root / "results")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:  # executions running side by side each add their entry: lock the read-modify-write
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record[notebook] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "code_version": code_version(), "machine": machine()}
+        atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1))
+    finally:
+        os.close(folder)  # closing releases the lock
+    return path
+
+
+def execute_notebooks(profile: str, only: Iterable[str] | None = None,
+                      parameters: Mapping[str, Any] | None = None, out_dir: str | Path = EXECUTED_DIR,
+                      kernel_name: str = "python3", force: bool = False,
+                      log_output: bool = False) -> list[Path]:
+    """Execute the source notebooks into ``out_dir``; returns the executed copies' paths.
+
+    Raises ``NotebookExecutionError`` on the first failing notebook; its partially executed copy
+    stays in ``out_dir`` (without a stamp, so the next call runs it again). At a profile of
+    :data:`PREFLIGHT_PROFILES`, :func:`medsoup.book.preflight.check` runs first and raises
+    ``PreflightError`` listing what the selected notebooks need that is missing and not downloadable.
+    """
+    from medsoup.runs.profiles import resolve_profile  # imports torch
+    from medsoup.runs.results import REFERENCE_ENV
+
+    root = repo_root()
+    sources = notebook_paths(only)
+    profile = resolve_profile(profile)
+    if profile in PREFLIGHT_PROFILES:  # fail in seconds, listing every missing file, not hours in
+        from medsoup.book.preflight import chapters_of, check, report
+
+        print(f"[book] {report(profile, check(profile, chapters_of(s.stem for s in sources)))}", flush=True)
+    params = {"profile": profile, **(parameters or {})}
+    shares = parameters_per_notebook(sources, params)
+    out = Path(out_dir) if Path(out_dir).is_absolute() else root / out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    # Relative data paths must not depend on where the kernel starts.
+    os.environ.setdefault("MEDSOUP_DATA", str(root / "data"))
+    # No progress bars in executed notebooks: they would be kept as outputs in the book's pages.
+    os.environ["MEDSOUP_PROGRESS"] = "0"
+
+    print(f"[book] {len(sources)} notebook(s), parameters {params}, output {out}", flush=True)
+    executed = []
+    for i, source in enumerate(sources, 1):
+        target = out / source.name
+        stamp_file = out / (source.stem + STAMP_SUFFIX)
+        stamp = notebook_stamp(source, shares[source], kernel_name, root)
+        tag = f"[book] [{i}/{len(sources)}] {source.stem}"
+        if (not force and target.is_file() and stamp_file.is_file()
+                and stamp_file.read_text().strip() == stamp):
+            print(f"{tag}: up to date, skipped", flush=True)
+            executed.append(target)
+            continue
+        stamp_file.unlink(missing_ok=True)
+        print(f"{tag}: executing ...", flush=True)
+        start = time.perf_counter()
+        # The book runner's executions are reference runs: their results files are
+        # results/<stem>/<profile>.json unless a parameter changes a setting (medsoup.runs.results).
+        saved_flag, os.environ[REFERENCE_ENV] = os.environ.get(REFERENCE_ENV), "1"
+        try:
+            run_papermill(source, target, shares[source], kernel_name, root, log_output)
+        finally:
+            if saved_flag is None:
+                os.environ.pop(REFERENCE_ENV, None)
+            else:
+                os.environ[REFERENCE_ENV] = saved_flag
+        fold_injected_parameters(target)
+        stamp_file.write_text(stamp + "\n")
+        record_timing(root, profile, source.stem, time.perf_counter() - start)
+        print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "
+              f"{target.relative_to(root) if target.is_relative_to(root) else target}", flush=True)
+        executed.append(target)
+    return executed
+
+
+def run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_name: str,
+                   cwd: Path, log_output: bool) -> None:
+    import papermill
+
+    if log_output:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The kernel inherits this process's environment; with MPLBACKEND=Agg (run.sh test, CI) glued
+    # figures would be stored as "<Figure size ...>" text instead of PNGs, and the book would have
+    # no images. The kernel always gets the inline backend.
+    saved_backend = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
+    try:
+        papermill.execute_notebook(
+            str(source), str(target), parameters=dict(params), kernel_name=kernel_name,
+            cwd=str(cwd), progress_bar=sys.stderr.isatty(), log_output=log_output,
+        )
+    except papermill.PapermillExecutionError as err:
+        raise NotebookExecutionError(
+            f"notebook {source.name} failed in cell [{err.exec_count}]: {err.ename}: {err.evalue}; "
+            f"the partially executed notebook, with the traceback, is {target}"
+        ) from err
+    except Exception as err:  # kernel death, missing kernel, bad parameters, ...
+        raise NotebookExecutionError(
+            f"notebook {source.name} could not be executed: {type(err).__name__}: {err}; "
+            f"the partially executed notebook (if any) is {target}"
+        ) from err
+    finally:
+        if saved_backend is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = saved_backend
+
+
+def fold_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell of an executed notebook with :data:`FOLD_TAG`, so
+    the page shows it folded instead of at full height in the reading flow (the source notebooks
+    tag their own tooling cells; this one cell exists only after execution)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if INJECTED_TAG in tags and FOLD_TAG not in tags:
+            tags.append(FOLD_TAG)
+    nbformat.write(nb, path)
