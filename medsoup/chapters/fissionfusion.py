@@ -57,7 +57,8 @@ _PAPER: dict[str, Any] = dict(
 
 #: A 2-core machine without a GPU: the ImageNet-pretrained EfficientNet-Lite0 (offline weights), every zoo
 #: fine-tuned from it as in the paper, 5 seeds on the paper's two F1 datasets and a grid cut to fit
-#: notebook 20 in about 1500 s and notebook 21 in about 300 s (counted in image-passes in the chapter's text).
+#: the whole cpu book in about an hour (image-passes counted in the chapter's text; measured wall times in
+#: results/timings/cpu.json).
 _CPU: dict[str, Any] = dict(
     _PAPER,
     datasets=("retinamnist", "pneumoniamnist"),  # the paper's APTOS and RSNA analogues (F1); no budget for Breast
