@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -135,3 +136,25 @@ def test_the_public_door_is_lazy():
     assert set(medsoup.__all__) == {"__version__", *medsoup._PUBLIC}
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = medsoup.nope
+
+
+def _bash_array(script: Path, name: str) -> set[str]:
+    """The words of ``NAME=( ... )`` in a bash script, comments dropped."""
+    body = re.search(rf"^{name}=\((.*?)\)", script.read_text(), re.S | re.M).group(1)
+    return {_canonical(word) for line in body.splitlines() for word in line.split("#")[0].split()}
+
+
+def test_the_gpu_session_kit_covers_the_dependencies_at_pinned_versions():
+    """benchmarks/device/pack.sh carries what the GPU machine's image lacks: with what the image holds
+    it covers every core dependency and the notebooks' kernel (papermill, ipykernel, myst-nb's glue),
+    and each carried package has its tested version in constraints.txt."""
+    script = ROOT / "benchmarks" / "device" / "pack.sh"
+    carried, image = _bash_array(script, "PACKAGES"), _bash_array(script, "IMAGE_HOLDS")
+    pins = {_canonical(line.split("==")[0]) for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    assert sorted(carried - pins) == []
+    assert carried.isdisjoint(image)
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    core = {_canonical(re.match(r"[A-Za-z0-9_.-]+", r).group()) for r in requires}
+    kernel = {"papermill", "ipykernel", "nbformat", "myst-nb", "docutils"}
+    assert sorted((core | kernel) - carried - image) == []
