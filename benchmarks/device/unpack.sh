@@ -6,7 +6,8 @@
 # - results/timings/<profile>.json and results/*/<profile>.json (to commit: the reproducibility page and
 #   40_comparison read them);
 # - the finished executions (notebook + stamp) into .device/executed/, which the next session carries so
-#   that its book run resumes where this one stopped (session.sh copies them into book/executed/);
+#   that its book run resumes where this one stopped (session.sh copies them into book/executed/); the
+#   three slowest cells of each are printed (e.g. 20_fissionfusion's training and evaluation cells);
 # - bench_fit_cuda.txt appended to benchmarks/results/bench_fit_cuda.txt under a dated header.
 # Nothing is committed; `git status` shows what changed.
 set -euo pipefail
@@ -32,6 +33,14 @@ for stamp in "$scratch"/book/executed/*.stamp; do
   name=$(basename "$stamp" .stamp)
   cp "$stamp" "$scratch/book/executed/$name.ipynb" .device/executed/
   echo "unpack.sh: .device/executed/$name.ipynb (finished; the next session skips it while its stamp matches)"
+  python3 - "$scratch/book/executed/$name.ipynb" <<'PY'
+import json, sys  # the notebook's slowest cells (papermill's durations), e.g. training vs evaluation
+cells = json.load(open(sys.argv[1]))["cells"]
+timed = [(c["metadata"].get("papermill", {}).get("duration") or 0, i, "".join(c["source"]).splitlines()[:1])
+         for i, c in enumerate(cells) if c["cell_type"] == "code"]
+for seconds, index, first in sorted(timed, reverse=True)[:3]:
+    print(f"    cell {index}: {seconds:.1f} s  {(first or [''])[0][:70]}")
+PY
 done
 if [ -f "$files/bench_fit_cuda.txt" ]; then
   {
