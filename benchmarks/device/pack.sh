@@ -33,7 +33,8 @@ PACKAGES=(
 )
 
 IMAGE_HOLDS=(torch torchvision timm numpy pandas scipy scikit-learn scikit-image matplotlib seaborn safetensors
-             filelock tqdm pyyaml huggingface_hub pillow)
+             filelock tqdm pyyaml huggingface_hub pillow
+             attrs packaging psutil pygments python-dateutil typing-extensions click requests)  # the kernel's needs
 
 pinned() {  # pinned NAME: NAME==VERSION from constraints.txt (names compared as pip does)
   local want line name
