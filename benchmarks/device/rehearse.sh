@@ -26,7 +26,7 @@ PYTHON_VERSION=$("$VENV_PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{s
   bash "$WORK/repo/benchmarks/device/pack.sh" 2> >(grep -v '^WARNING: Location' >&2)
 
 # The image's stand-in: a bare venv whose site-packages links IMAGE_HOLDS and their dependencies from .venv.
-holds=$(sed -n '/^IMAGE_HOLDS=(/,/)/p' benchmarks/device/pack.sh | tr -d '()' | sed 's/IMAGE_HOLDS=//' | tr '\n' ' ')
+holds=$(eval "$(sed -n '/^IMAGE_HOLDS=(/,/)/p' benchmarks/device/pack.sh)"; echo "${IMAGE_HOLDS[@]}")
 "$VENV_PYTHON" -m venv "$WORK/venv"
 "$VENV_PYTHON" - "$WORK/site" $holds <<'EOF'
 import importlib.metadata as md, pathlib, re, sys

@@ -16,8 +16,8 @@
 #    (benchmarks/device/unpack.sh files it here).
 #
 # --budget (default 540 s) bounds the whole script, so that a 600 s call returns with what finished.
-# Rehearsal without a GPU (CPU, smoke profile, small benchmark): DEVICE=cpu PROFILE=smoke
-# BENCH_ARGS="--models smallcnn@28 --rounds 1 --epochs 1 --subset 256" OUT=/tmp/out bash benchmarks/device/session.sh
+# DEVICE (cuda), PROFILE (gpu), BENCH_ARGS and OUT are read from the environment:
+# benchmarks/device/rehearse.sh runs this script on a CPU at the smoke profile.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -72,9 +72,14 @@ if ls .device/executed/*.stamp >/dev/null 2>&1; then
   mkdir -p book/executed && cp .device/executed/* book/executed/
   say "resuming: $(ls .device/executed/*.stamp | wc -l) executions of earlier sessions copied into book/executed"
 fi
-say "notebooks at profile $PROFILE, $(( $(left) - 30 )) s left for them"
-timeout -k 10 "$(( $(left) - 30 ))" "$PYTHON" -m medsoup.book execute --profile "$PROFILE" "$@" 2>&1 | tee "$OUT/book.log"
-say "notebooks: exit ${PIPESTATUS[0]} (124: stopped at the budget's end; finished notebooks are recorded)"
+if [ "$(left)" -gt 60 ]; then
+  say "notebooks at profile $PROFILE, $(( $(left) - 30 )) s left for them"
+  timeout -k 10 "$(( $(left) - 30 ))" "$PYTHON" -m medsoup.book execute --profile "$PROFILE" "$@" 2>&1 |
+    tee "$OUT/book.log"
+  say "notebooks: exit ${PIPESTATUS[0]} (124: stopped at the budget's end; finished notebooks are recorded)"
+else
+  say "no time left for the notebooks"
+fi
 
 tar czf "$OUT/results.tar.gz" results book/executed 2>/dev/null
 say "packed $(du -h "$OUT/results.tar.gz" | cut -f1) into results.tar.gz"
