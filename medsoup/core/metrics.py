@@ -6,6 +6,10 @@
   (as MedMNIST v2 reports them), with the per-label AUCs returned under ``auc_per_label``.
 
 AUC is NaN (not an error) when a split holds a single class, as on tiny smoke subsets.
+
+Calibration (:mod:`medsoup.core.calibration`: ``ece``, ``nll``, ``brier``) is reported beside them;
+:data:`METRICS`, the names a best epoch can be selected by, leaves it out. :func:`probability_metrics`
+scores probabilities directly (an output ensemble's mean of softmax has no logits).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, recall_score, roc_auc_score
 
+from medsoup.core.calibration import calibration
+
+#: The metrics a best epoch can be selected by (``TrainConfig.select_metric``).
 METRICS = ("acc", "auc", "f1", "recall")
 
 
@@ -35,7 +42,13 @@ def _safe_auc(y_true: np.ndarray, scores: np.ndarray, **kwargs) -> float:
 
 def compute_metrics(task: str, targets: torch.Tensor, logits: torch.Tensor) -> dict:
     """Metrics of ``logits`` (N, C) against loss ``targets`` (class indices, or (N, L) 0/1)."""
-    probs = probabilities(logits.float(), task).cpu().numpy()
+    return probability_metrics(task, targets, probabilities(logits.float(), task))
+
+
+def probability_metrics(task: str, targets: torch.Tensor, probs: torch.Tensor) -> dict:
+    """:data:`METRICS` and calibration of probabilities ``probs`` (N, C) (softmax; multi-label: sigmoid
+    scores) against ``targets`` (class indices, or (N, L) 0/1)."""
+    probs = probs.float().cpu().numpy()
     y = targets.cpu().numpy()
     if task == "multi-label":
         y = y.astype(int)
@@ -45,7 +58,7 @@ def compute_metrics(task: str, targets: torch.Tensor, logits: torch.Tensor) -> d
                 "auc": float(np.nanmean(per_label)) if not all(map(math.isnan, per_label)) else math.nan,
                 "f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
                 "recall": float(recall_score(y, predicted, average="macro", zero_division=0)),
-                "auc_per_label": per_label}
+                **calibration(task, y, probs), "auc_per_label": per_label}
     predicted = probs.argmax(axis=1)
     labels = list(range(probs.shape[1]))
     if probs.shape[1] == 2:
@@ -58,7 +71,8 @@ def compute_metrics(task: str, targets: torch.Tensor, logits: torch.Tensor) -> d
     return {"acc": float((predicted == y).mean()),
             "auc": auc,
             "f1": float(f1_score(y, predicted, average="macro", labels=labels, zero_division=0)),
-            "recall": float(recall_score(y, predicted, average="macro", labels=labels, zero_division=0))}
+            "recall": float(recall_score(y, predicted, average="macro", labels=labels, zero_division=0)),
+            **calibration(task, y, probs)}
 
 
 def confusion(targets: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
