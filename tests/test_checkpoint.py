@@ -60,6 +60,40 @@ def test_changed_tensor_bytes_are_detected(tmp_path):
         ckpt.load_checkpoint(tmp_path / "a")
 
 
+def _edit_header(path, old: bytes, new: bytes) -> None:
+    """Replace ``old`` by ``new`` (same length) in the safetensors header of ``path``, by hand."""
+    payload = path.read_bytes()
+    size = int.from_bytes(payload[:8], "little")
+    header = payload[8:8 + size]
+    assert len(old) == len(new) and header.count(old) == 1
+    path.write_bytes(payload[:8] + header.replace(old, new) + payload[8 + size:])
+
+
+@pytest.mark.parametrize("old,new", [
+    (b'\\"epoch\\": 3', b'\\"epoch\\": 9'),  # the medsoup metadata
+    (b'"shape":[4,3]', b'"shape":[3,4]'),        # a tensor's shape (same bytes, another layout)
+])
+def test_an_edited_header_is_refused(tmp_path, old, new):
+    path = ckpt.save_checkpoint(tmp_path / "m", _tensors(1.0), {"epoch": 3})
+    _edit_header(path, old, new)
+    assert ckpt.load_metadata(tmp_path / "m")["epoch"] in (3, 9)  # the header still parses
+    with pytest.raises(ckpt.CheckpointError, match="header or the tensors of .* do not match the SHA-256"):
+        ckpt.load_checkpoint(tmp_path / "m")
+
+
+def test_files_whose_sha256_covers_only_the_tensors_are_refused(tmp_path):
+    import hashlib
+    import json
+
+    from safetensors.torch import save
+    flat = {"w": torch.zeros(2)}
+    data = save(flat)[8 + int.from_bytes(save(flat)[:8], "little"):]
+    old = {ckpt.METADATA_KEY: json.dumps({"epoch": 1}), ckpt.TENSORS_ONLY_SHA256_KEY: hashlib.sha256(data).hexdigest()}
+    (tmp_path / "m.safetensors").write_bytes(save(flat, metadata=old))
+    with pytest.raises(ckpt.CheckpointError, match="older medsoup .* covers the tensors but not the header"):
+        ckpt.load_checkpoint(tmp_path / "m")
+
+
 @pytest.mark.parametrize("payload,pattern", [
     (b"", "not a safetensors file"),
     (b"\x09\x00\x00\x00\x00\x00\x00\x00{oops", "not a safetensors file"),  # truncated header

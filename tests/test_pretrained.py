@@ -62,6 +62,15 @@ def test_conversion_is_cached_and_keyed_by_the_source_hash(tmp_path, monkeypatch
     assert all(torch.equal(again[k], v) for k, v in state.items())
 
 
+def test_a_cached_conversion_that_is_refused_is_converted_again(tmp_path):
+    state = pretrained.imagenet_lite0_state(tmp_path)
+    (path,) = tmp_path.glob("*.safetensors")
+    path.write_bytes(path.read_bytes()[:1000])  # damaged (or written by an older medsoup): refused on load
+    again = pretrained.imagenet_lite0_state(tmp_path)
+    assert all(torch.equal(again[k], v) for k, v in state.items())
+    assert load_metadata(path.with_suffix(""))["source_sha256"]
+
+
 def test_a_changed_source_file_is_converted_again(tmp_path, monkeypatch):
     original = torch.load(pretrained.lite0_source(), map_location="cpu", weights_only=True)
     changed = dict(original)

@@ -2,7 +2,10 @@
 
 ``save_checkpoint(stem, tensors, metadata)`` writes ``stem.safetensors``. The JSON ``metadata``
 travels inside the file, in the safetensors header's ``__metadata__`` (a str -> str map), together
-with the SHA-256 of the tensor bytes. The file is written to a temporary file in the same folder
+with a SHA-256 over the whole header (each tensor's name, dtype, shape and offsets, and the
+metadata) and the tensor bytes: :func:`load_checkpoint` refuses a file whose header or tensors were
+changed after it was written. Files of medsoup versions whose SHA-256 covered only the tensor bytes
+(key ``medsoup.sha256``) are refused by name, never trusted. The file is written to a temporary file in the same folder
 and moved into place with one ``os.replace``: that move is the single commit point, so a kill at
 any instant leaves the old checkpoint or the new one, never a mix of the two. Temporary files of
 writes killed before their move are named after the process (and machine) that wrote them and
@@ -24,8 +27,11 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load, save
 
-#: Keys of the safetensors ``__metadata__`` map that medsoup uses.
-METADATA_KEY, SHA256_KEY = "medsoup.metadata", "medsoup.sha256"
+#: Keys of the safetensors ``__metadata__`` map that medsoup uses: the JSON metadata, and the
+#: SHA-256 of the header (without this key) and the tensor bytes (:func:`file_digest`).
+METADATA_KEY, SHA256_KEY = "medsoup.metadata", "medsoup.sha256-header-tensors"
+#: The key of older files, whose SHA-256 covered the tensor bytes only.
+TENSORS_ONLY_SHA256_KEY = "medsoup.sha256"
 
 
 class CheckpointError(RuntimeError):
@@ -132,8 +138,24 @@ def _split(payload: bytes, path: Path) -> tuple[dict, bytes]:
     return header, payload[8 + size:]
 
 
+def file_digest(header: dict, data: bytes) -> str:
+    """SHA-256 over the safetensors ``header`` (every tensor entry and the ``__metadata__`` map,
+    :data:`SHA256_KEY` left out, as canonical JSON) and the tensor bytes ``data``."""
+    extra = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != SHA256_KEY}
+    canonical = json.dumps({**{k: v for k, v in header.items() if k != "__metadata__"}, "__metadata__": extra},
+                           sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(len(canonical).to_bytes(8, "little"))
+    digest.update(canonical)
+    digest.update(data)
+    return digest.hexdigest()
+
+
 def _medsoup_metadata(header: dict, path: Path) -> tuple[dict[str, Any], str]:
     extra = header.get("__metadata__") or {}
+    if METADATA_KEY in extra and SHA256_KEY not in extra and TENSORS_ONLY_SHA256_KEY in extra:
+        raise CheckpointError(f"{path} was written by an older medsoup whose SHA-256 ({TENSORS_ONLY_SHA256_KEY!r}) "
+                              "covers the tensors but not the header, so its header cannot be trusted; it is "
+                              "refused: write it again (re-run the run it belongs to)")
     if METADATA_KEY not in extra or SHA256_KEY not in extra:
         raise CheckpointError(f"{path} is a safetensors file without medsoup's metadata "
                               f"({METADATA_KEY!r}, {SHA256_KEY!r} in its header); write it with "
@@ -150,9 +172,10 @@ def save_checkpoint(stem: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
     """Atomically write ``tensors`` (a flat name -> tensor map) and JSON ``metadata`` as one file."""
     path = checkpoint_path(stem)
     flat = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    _, data = _split(save(flat), path)  # the tensor bytes do not depend on the header's metadata
-    extra = {METADATA_KEY: json.dumps(dict(metadata or {}), sort_keys=True, default=str),
-             SHA256_KEY: hashlib.sha256(data).hexdigest()}
+    extra = {METADATA_KEY: json.dumps(dict(metadata or {}), sort_keys=True, default=str)}
+    # The tensor entries, their offsets and the tensor bytes do not depend on the metadata.
+    header, data = _split(save(flat), path)
+    extra[SHA256_KEY] = file_digest({**header, "__metadata__": extra}, data)
     atomic_write_bytes(path, save(flat, metadata=extra))
     return path
 
@@ -178,9 +201,9 @@ def load_checkpoint(stem: str | os.PathLike, device: str | torch.device = "cpu"
     path, payload = _read(stem)
     header, data = _split(payload, path)
     metadata, digest = _medsoup_metadata(header, path)
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise CheckpointError(f"the tensors of {path} do not match the SHA-256 recorded in its header: "
-                              "the file is corrupted or was changed after it was written")
+    if file_digest(header, data) != digest:
+        raise CheckpointError(f"the header or the tensors of {path} do not match the SHA-256 recorded in its "
+                              "header: the file is corrupted or was changed after it was written")
     try:
         tensors = load(payload)
     except Exception as error:  # safetensors raises its own SafetensorError on an inconsistent header
@@ -189,7 +212,8 @@ def load_checkpoint(stem: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 def load_metadata(stem: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint (its tensors are not read or verified)."""
+    """The JSON metadata of a checkpoint, read from its header alone (neither header nor tensors
+    are verified: :func:`load_checkpoint` does that)."""
     path, payload = _read(stem, header_only=True)
     return _medsoup_metadata(_split(payload, path)[0], path)[0]
 

@@ -27,7 +27,7 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
-from medsoup.core.checkpoint import exists, load_checkpoint, save_checkpoint
+from medsoup.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from medsoup.core.data import data_root
 
 #: timm models these weights fit (same parameter names and shapes; see the module docstring).
@@ -103,9 +103,11 @@ def imagenet_lite0_state(cache: str | Path | None = None) -> dict[str, torch.Ten
     source = lite0_source()
     sha256 = _sha256(source)
     stem = Path(cache if cache is not None else data_root() / "pretrained") / f"efficientnet_lite0-{sha256[:16]}"
-    if not exists(stem):
+    try:
+        state, metadata = load_checkpoint(stem)
+    except CheckpointError:  # absent, damaged, or written by an older medsoup: a cache, converted (again)
         _convert(source, stem, sha256, timm.create_model(LITE0_MODELS[0], pretrained=False))
-    state, metadata = load_checkpoint(stem)
+        state, metadata = load_checkpoint(stem)
     if metadata.get("source_sha256") != sha256:
         raise PretrainedWeightsError(f"{stem} was converted from another weights file "
                                      f"({metadata.get('source_sha256')}, not {sha256}); delete it to convert again")
