@@ -102,6 +102,21 @@ def test_rm_lists_asks_and_skips_running_runs(store, capsys):
     assert [p.name for p in store.iterdir()] == [busy]
 
 
+def test_rm_without_a_terminal_or_yes_refuses_with_a_message(store):
+    command = [sys.executable, "-m", "medsoup.runs", "--cache", str(store), "rm", "state=finished"]
+    for stdin in (subprocess.DEVNULL, None):  # a pipe at its end, or stdin closed altogether
+        done = subprocess.run(command if stdin is not None else ["bash", "-c", '"$@" <&-', "rm", *command],
+                              cwd=ROOT, stdin=stdin, capture_output=True, text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip() == "error: refusing to delete 1 runs without --yes when stdin is not a terminal"
+        assert (store / keys()[0]).exists()
+
+    def end_of_input(prompt):
+        raise EOFError
+
+    assert cli.remove(store, [], ["state=finished"], yes=False, answer=end_of_input) == "nothing removed"
+
+
 def test_bad_input_is_named(store, capsys):
     assert cli.main(["show", "ffff"]) == 2 and "no runs in" in capsys.readouterr().err
     assert cli.main(["list", "datset=x"]) == 2 and "unknown filter field 'datset'" in capsys.readouterr().err

@@ -4,8 +4,8 @@
 travels inside the file, in the safetensors header's ``__metadata__`` (a str -> str map), together
 with a SHA-256 over the whole header (each tensor's name, dtype, shape and offsets, and the
 metadata) and the tensor bytes: :func:`load_checkpoint` refuses a file whose header or tensors were
-changed after it was written. Files of medsoup versions whose SHA-256 covered only the tensor bytes
-(key ``medsoup.sha256``) are refused by name, never trusted. The file is written to a temporary file in the same folder
+changed after it was written. Files of older medsoup versions, whose SHA-256 covered only the tensor bytes
+(:data:`TENSORS_ONLY_SHA256_KEY`), are refused by name, never trusted. The file is written to a temporary file in the same folder
 and moved into place with one ``os.replace``: that move is the single commit point, so a kill at
 any instant leaves the old checkpoint or the new one, never a mix of the two. Temporary files of
 writes killed before their move are named after the process (and machine) that wrote them and
@@ -22,10 +22,10 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-from safetensors.torch import load, save
+if TYPE_CHECKING:  # torch and safetensors.torch are imported where tensors are read or written, so that
+    import torch   # reading a header (python -m medsoup.runs) starts without them
 
 #: Keys of the safetensors ``__metadata__`` map that medsoup uses: the JSON metadata, and the
 #: SHA-256 of the header (without this key) and the tensor bytes (:func:`file_digest`).
@@ -170,6 +170,8 @@ def _medsoup_metadata(header: dict, path: Path) -> tuple[dict[str, Any], str]:
 def save_checkpoint(stem: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                     metadata: Mapping[str, Any] | None = None) -> Path:
     """Atomically write ``tensors`` (a flat name -> tensor map) and JSON ``metadata`` as one file."""
+    from safetensors.torch import save
+
     path = checkpoint_path(stem)
     flat = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     extra = {METADATA_KEY: json.dumps(dict(metadata or {}), sort_keys=True, default=str)}
@@ -198,6 +200,8 @@ def _read(stem: str | os.PathLike, header_only: bool = False) -> tuple[Path, byt
 def load_checkpoint(stem: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read ``(tensors, metadata)``; raise :class:`CheckpointError` if missing or corrupted."""
+    from safetensors.torch import load
+
     path, payload = _read(stem)
     header, data = _split(payload, path)
     metadata, digest = _medsoup_metadata(header, path)

@@ -13,6 +13,15 @@ The run layer reaches algorithms only through the string tables of :mod:`medsoup
 (``CALLBACKS``, ``BUILDERS``), so a run's key names exactly the modules it runs.
 """
 
-from medsoup.runs.store import RunConfig, RunResult, cache_root, clear_run, run, run_key, run_many
+from importlib import import_module
 
-__all__ = ["RunConfig", "RunResult", "cache_root", "clear_run", "run", "run_key", "run_many"]
+#: Re-exported from :mod:`medsoup.runs.store`, loaded on first use so that ``python -m medsoup.runs``
+#: (and a light submodule) starts without importing torch.
+_STORE_NAMES = ("RunConfig", "RunResult", "cache_root", "clear_run", "run", "run_key", "run_many")
+__all__ = list(_STORE_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _STORE_NAMES:
+        return getattr(import_module("medsoup.runs.store"), name)
+    raise AttributeError(f"module 'medsoup.runs' has no attribute {name!r}")

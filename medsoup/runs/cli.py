@@ -137,9 +137,13 @@ def diff(a: Path, b: Path) -> str:
                       *(f"{n.ljust(width)}  {x!s:16}  {y}" for n, x, y in changed)])
 
 
-def remove(cache: Path, keys: list[str], filters: list[str], yes: bool, answer=input) -> str:
+def remove(cache: Path, keys: list[str], filters: list[str], yes: bool, answer=None) -> str:
     """Remove the runs named by ``keys`` (all runs without keys) that match ``filters``, except running
-    ones, after listing them and asking unless ``yes``."""
+    ones, after listing them and asking unless ``yes``.
+
+    ``answer(prompt)`` asks; by default :func:`input`, and only when stdin is a terminal: without one
+    (a script, a pipe, CI) and without ``yes`` it raises ``ValueError`` and removes nothing. An end
+    of input counts as no."""
     if not keys and not filters:
         raise ValueError("rm needs run keys or FIELD=VALUE filters; it does not remove a whole store")
     chosen = [r for r in ([describe(find(cache, k)) for k in keys] if keys else runs_in(cache)) if matches(r, filters)]
@@ -149,7 +153,13 @@ def remove(cache: Path, keys: list[str], filters: list[str], yes: bool, answer=i
     if not chosen:
         return "\n".join([*notes, "nothing to remove"])
     print(table(chosen))
-    if not yes and answer(f"remove these {len(chosen)} runs? [y/N] ").strip().lower() not in ("y", "yes"):
+    if not yes and answer is None and not (sys.stdin is not None and sys.stdin.isatty()):
+        raise ValueError(f"refusing to delete {len(chosen)} runs without --yes when stdin is not a terminal")
+    try:
+        reply = "yes" if yes else (answer or input)(f"remove these {len(chosen)} runs? [y/N] ")
+    except EOFError:
+        reply = ""
+    if reply.strip().lower() not in ("y", "yes"):
         return "\n".join([*notes, "nothing removed"])
     for run in chosen:
         shutil.rmtree(cache / run["key"])
