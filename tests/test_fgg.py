@@ -133,3 +133,8 @@ def test_fgg_run_stores_snapshots_as_artifacts(run_cache):
     last = result.load_artifact(f"snapshot_{s['fgg_snapshots'] - 1}")
     final = result.load_state()
     assert all(torch.equal(last[k], final[k]) for k in final)
+    # per-image test predictions of the final model and of every snapshot (a state of the model)
+    assert result.predictions == ["model", *result.artifacts]
+    assert torch.equal(result.load_predictions(f"snapshot_{s['fgg_snapshots'] - 1}")[0], result.load_predictions()[0])
+    with pytest.raises(KeyError, match="no test predictions 'swa'; it has: model, snapshot_0"):
+        result.load_predictions("swa")

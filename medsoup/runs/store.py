@@ -7,6 +7,9 @@ hashes the config and the code version of the modules that run it (:func:`run_mo
 * ``result.json``: config, history, best epoch, validation/test metrics, wall time, versions;
 * ``model.safetensors``: the final (best-epoch) weights, their architecture in its metadata;
 * ``artifacts/<name>.safetensors``: what callbacks collected (e.g. FGG snapshots);
+* ``predictions/<name>.safetensors``: per-image test predictions (:data:`PREDICTIONS`) of the final model
+  (``model``) and of every artifact that is a state of it (an FGG snapshot, under its artifact's name),
+  so that output ensembles and calibration need no evaluation rerun;
 * ``resume.safetensors`` while training: the state :func:`~medsoup.core.train.fit` resumes from;
 * ``trainings.jsonl``: one line per training started (process, host, time, whether it resumed);
 * ``lock``: the lock its one trainer holds (:func:`run_lock`).
@@ -40,10 +43,11 @@ from torch import nn
 
 from medsoup.core import checkpoint as ckpt
 from medsoup.core.data import MedData, check_dataset, check_train_subset, load_dataset
+from medsoup.core.metrics import probabilities
 from medsoup.core.models import check_model_name, create_model
 from medsoup.core.paths import project_folder
 from medsoup.core.progress import progress as progress_bar
-from medsoup.core.train import Callback, TrainConfig, checked_fields, fit, resolve_device
+from medsoup.core.train import Callback, TrainConfig, checked_fields, evaluate, fit, predict, resolve_device
 from medsoup.runs.provenance import code_version, machine, package_versions
 
 RUNS_ENV = "MEDSOUP_RUNS"
@@ -56,12 +60,18 @@ LEASE_SECONDS = 60.0
 CALLBACKS: dict[str, str] = {
     "inmerge": "medsoup.merging.inmerge:InMerge",
     "cycle_snapshots": "medsoup.merging.fgg:CycleSnapshots",
+    "swa": "medsoup.merging.swa:SWA",
 }
 #: Model builders other than ``create_model``, as "module:attribute"; each is an object with
 #: ``build(config, data, cache) -> nn.Module`` and ``export(model, config, data) -> (nn.Module, dict)``.
 BUILDERS: dict[str, str] = {
     "medmerge": "medsoup.runs.builders:MedMergeBuilder",
 }
+
+
+#: What each ``predictions/<name>.safetensors`` of a run holds, on the test split in its order:
+#: ``probabilities`` (N, C; softmax, or sigmoid scores for multi-label) and ``targets`` (N,) or (N, L).
+PREDICTIONS = ("probabilities", "targets")
 
 
 def _resolve(table: dict[str, str], kind: str, name: str):
@@ -179,6 +189,7 @@ class RunResult:
     test: dict
     wall_time: float
     artifacts: list[str]
+    predictions: list[str]
     code_version: str
     versions: dict
     machine: dict
@@ -202,6 +213,15 @@ class RunResult:
         if name not in self.artifacts:
             raise KeyError(f"run {self.key} has no artifact {name!r}; it has: {', '.join(self.artifacts) or 'none'}")
         return ckpt.load_checkpoint(self.path / "artifacts" / name)[0]
+
+    def load_predictions(self, name: str = "model") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probabilities, targets)`` on the test split (:data:`PREDICTIONS`) of the final model
+        (``"model"``) or of a model-state artifact (e.g. ``"snapshot_0"``)."""
+        if name not in self.predictions:
+            raise KeyError(f"run {self.key} has no test predictions {name!r}; it has: "
+                           f"{', '.join(self.predictions) or 'none'}")
+        tensors = ckpt.load_checkpoint(self.path / "predictions" / name)[0]
+        return tensors["probabilities"], tensors["targets"]
 
     @classmethod
     def load(cls, path: Path) -> "RunResult":
@@ -273,8 +293,32 @@ def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: boo
         return _train(config, key, folder, cache, progress)
 
 
+def is_state_of(model: nn.Module, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether ``tensors`` is a state of ``model`` (the same keys and shapes), e.g. an FGG snapshot."""
+    own = model.state_dict()
+    return tensors.keys() == own.keys() and all(tensors[k].shape == own[k].shape for k in own)
+
+
+def store_predictions(folder: Path, model: nn.Module, data: MedData,
+                      states: dict[str, dict[str, torch.Tensor] | None]) -> list[str]:
+    """Write ``predictions/<name>.safetensors`` (:data:`PREDICTIONS` on the test split) of each state
+    loaded into ``model`` (None: the model as it is, first; moved to the data's device); return the names."""
+    model.to(data.device)
+    for name, state in states.items():
+        if state is not None:
+            ckpt.load_state_into(model, state)
+        logits, targets = predict(model, data, "test")
+        ckpt.save_checkpoint(folder / "predictions" / name,
+                             {"probabilities": probabilities(logits, data.task), "targets": targets},
+                             {"split": "test"})
+    return list(states)
+
+
 def _train(config: RunConfig, key: str, folder: Path, cache: str | os.PathLike | None,
            progress: bool) -> RunResult:
+    """Train ``config`` and store it. A callback with ``finish(model, data)`` gets the final model after
+    :func:`~medsoup.core.train.fit` (SWA: its average, BatchNorm recomputed on the training split);
+    the validation and test metrics are then those of the finished model."""
     with open(folder / "trainings.jsonl", "a") as log:
         log.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                               "resumed": ckpt.exists(folder / "resume")}) + "\n")
@@ -285,6 +329,11 @@ def _train(config: RunConfig, key: str, folder: Path, cache: str | os.PathLike |
     model = build_model(config, data, cache)
     callbacks = make_callbacks(config)
     fitted = fit(model, data, config.train, callbacks, checkpoint=folder / "resume", progress=progress)
+    finishing = [c for c in callbacks if hasattr(c, "finish")]
+    for callback in finishing:
+        callback.finish(model, data)
+    if finishing:
+        fitted.val, fitted.test = evaluate(model, data, "val"), evaluate(model, data, "test")
     final, architecture = export_model(model, config, data)
     record = {"key": key, "config": config.to_dict(), "history": fitted.history, "best_epoch": fitted.best_epoch,
               "val": fitted.val, "test": fitted.test, "wall_time": fitted.wall_time,
@@ -300,6 +349,8 @@ def _train(config: RunConfig, key: str, folder: Path, cache: str | os.PathLike |
     for name, tensors in artifacts.items():
         ckpt.save_checkpoint(folder / "artifacts" / name, tensors, {"run": key})
     record["artifacts"] = sorted(artifacts)
+    states = {name: tensors for name, tensors in artifacts.items() if is_state_of(final, tensors)}
+    record["predictions"] = store_predictions(folder, final, data, {"model": None, **states})
     ckpt.atomic_write_text(folder / "result.json", json.dumps(record, indent=1, default=str))
     ckpt.remove_checkpoint(folder / "resume")
     return RunResult.load(folder)
