@@ -232,11 +232,42 @@ def test_paired_outcome_words_and_columns_round_trip():
     assert stats.PairedDifference.from_columns(better.columns()) == better
 
 
+@pytest.mark.parametrize("n", [3, 5, 10, 30])
+def test_minimum_detectable_effect_has_about_80_percent_power(n):
+    sd = 0.02
+    mde = stats.minimum_detectable_effect(sd, n)
+    t = scipy_stats.t.ppf(0.975, n - 1) + scipy_stats.t.ppf(0.8, n - 1)
+    assert mde == pytest.approx(t * sd / math.sqrt(n))
+    # exact power of the two-sided paired t-test at a true difference of mde (noncentral t)
+    crit, shift = scipy_stats.t.ppf(0.975, n - 1), mde / (sd / math.sqrt(n))
+    power = scipy_stats.nct.sf(crit, n - 1, shift) + scipy_stats.nct.cdf(-crit, n - 1, shift)
+    assert power == pytest.approx(0.8, abs=0.04 if n == 3 else 0.01)  # the approximation is close from n = 5
+
+
+def test_minimum_detectable_effect_edges_and_the_paired_column():
+    assert math.isnan(stats.minimum_detectable_effect(0.1, 1)) and stats.minimum_detectable_effect(0.0, 4) == 0
+    with pytest.raises(ValueError, match="alpha and power"):
+        stats.minimum_detectable_effect(0.1, 4, power=1.0)
+    a, b = [0.5, 0.6, 0.7, 0.8], [0.52, 0.61, 0.73, 0.81]
+    diff = stats.paired_difference(a, b)
+    assert diff.mde == pytest.approx(stats.minimum_detectable_effect(float(np.std(np.subtract(b, a), ddof=1)), 4))
+    assert diff.columns()["mde"] == diff.mde and math.isnan(stats.paired_difference([0.5], [0.6]).mde)
+
+
+def test_judge_calls_better_or_worse_only_below_the_adjusted_threshold():
+    assert stats.judge(0.02, 0.049, 5) == "better" and stats.judge(-0.02, 0.049, 5) == "worse"
+    assert stats.judge(0.02, 0.05, 5) == "no significant difference"  # not strictly below
+    assert stats.judge(0.02, float("nan"), 5) == "no significant difference"
+    assert stats.judge(0.02, 0.01, 1) == "one seed"
+    assert stats.judge(-0.02, 0.01, 5, higher_is_better=False) == "better"
+    assert stats.judge(-0.02, 0.01, 5, higher_is_better=None) == "lower"
+
+
 def test_paired_outcome_for_costs_and_for_quantities_that_are_neither():
     lower = stats.paired_difference([0.6, 0.71, 0.79], [0.5, 0.6, 0.7])  # b below a on every seed
     assert lower.judged(False) == "better" and "B is better than A in loss" in lower.describe("B", "A", "loss", lower.judged(False))
     assert lower.judged(None) == "lower" and "B is lower than A in barrier: -0.100" in lower.describe("B", "A", "barrier", lower.judged(None))
-    assert lower.columns(None)["outcome"] == "lower" and lower.columns()["outcome"] == "worse"
+    assert lower.columns(None)["nominal"] == "lower" and lower.columns()["nominal"] == "worse"
     higher = stats.paired_difference([0.5, 0.6, 0.7], [0.6, 0.71, 0.79])
     assert higher.judged(None) == "higher" and higher.judged(False) == "worse"
     unclear = stats.paired_difference([0.5, 0.6, 0.7], [0.6, 0.5, 0.71])

@@ -6,7 +6,7 @@ Each chapter notebook writes ``results/<stem>/<profile>.json`` (:mod:`medsoup.ru
 methods), and :func:`compare` pairs each method with every baseline of its chapter (:data:`PAIRS`)
 over the same seeds, on each chapter's own datasets, in each paper's own metric
 (:data:`PAPER_METRICS`) or one metric for all, with one Benjamini-Hochberg family over every
-comparison on the page. :func:`common_grid` says which datasets and seeds every chapter ran.
+comparison on the page (:data:`FAMILY`, named in its sentences). :func:`common_grid` says which datasets and seeds every chapter ran.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pandas as pd
 from medsoup.chapters.fissionfusion import METRIC as FISSIONFUSION_METRIC
 from medsoup.chapters.inmerge import BASELINE as INMERGE_BASELINE
 from medsoup.chapters.inmerge import paper_setting
-from medsoup.chapters.tables import MetricSpec, adjusted_p_values, paired, summary_table
+from medsoup.chapters.tables import MetricSpec, judged_over, paired, summary_table
 from medsoup.core.metrics import METRICS
 from medsoup.runs.results import ROW_KEYS, load_results
 
@@ -54,18 +54,20 @@ def chapter_metric(chapter: str, metric: str) -> MetricSpec:
     return PAPER_METRICS[chapter] if metric == "paper" else metric
 
 
+#: The family the comparison page adjusts over (a chapter's own page adjusts over its own table).
+FAMILY = "the comparison page (each method against its paper's baselines, every chapter at once)"
+
+
 def compare(rows: pd.DataFrame, metric: str = "paper") -> pd.DataFrame:
     """:func:`~medsoup.chapters.tables.paired` of every pair of :data:`PAIRS` per chapter and dataset, in
-    :func:`chapter_metric`; ``p_adjusted`` and ``family`` cover every comparison of the page at once."""
+    :func:`chapter_metric`, judged as one family, :data:`FAMILY`, over every comparison of the page
+    (:func:`~medsoup.chapters.tables.judged_over`): its adjusted p-values differ from the chapters' own."""
     tables = [paired(rows[rows["chapter"] == chapter], pairs, chapter_metric(chapter, metric), by=("chapter", "dataset"))
               for chapter, pairs in PAIRS.items() if (rows["chapter"] == chapter).any()]
     found = [t for t in tables if len(t)]
     if not found:  # the empty table, with its columns
-        return paired(rows.iloc[:0], (), "acc", by=("chapter", "dataset"))
-    table = pd.concat(found, ignore_index=True)
-    table["p_adjusted"] = adjusted_p_values(table["p_value"])
-    table["family"] = len(table)
-    return table
+        return paired(rows.iloc[:0], (), "acc", by=("chapter", "dataset"), family=FAMILY)
+    return judged_over(pd.concat(found, ignore_index=True), FAMILY)
 
 
 def summary(rows: pd.DataFrame, metric: str = "paper") -> pd.DataFrame:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medsoup.chapters.tables import paired, row
+from medsoup.chapters.tables import group_keys, group_name, paired, row
 from medsoup.core.train import TrainConfig
 from medsoup.core.models import create_model
 from medsoup.merging.inmerge import check_params, forward_conv_layers
@@ -232,10 +232,11 @@ def long_rows(records: Sequence[dict], **columns) -> pd.DataFrame:
 
 
 def versus_baseline(records: Sequence[dict], metrics: Sequence[str] = ("acc", "auc"),
-                    by: str | Sequence[str] = "dataset") -> pd.DataFrame:
+                    by: str | Sequence[str] = "dataset", family: str = "this table") -> pd.DataFrame:
     """InMerge against the baseline per group of ``by`` (:func:`medsoup.chapters.tables.paired` over
-    :func:`long_rows`), with the mean merge rates (:data:`MERGE_COLUMNS`) of the InMerge runs."""
-    return paired(long_rows(records), [PAIR], list(metrics), by=by, extra=MERGE_COLUMNS)
+    :func:`long_rows`, one family of comparisons named ``family``), with the mean merge rates
+    (:data:`MERGE_COLUMNS`) of the InMerge runs."""
+    return paired(long_rows(records), [PAIR], list(metrics), by=by, extra=MERGE_COLUMNS, family=family)
 
 
 def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.DataFrame:
@@ -250,19 +251,21 @@ def per_label_auc(records: Sequence[dict], label_names: Sequence[str]) -> pd.Dat
 
 
 def tally(table: pd.DataFrame, metric: str = "auc") -> str:
-    """How many settings of :func:`versus_baseline` raise or lower ``metric`` significantly (95% CI), and
-    how many of the raw significant ones keep an adjusted p-value below 0.05 (Benjamini-Hochberg over
-    the table's comparisons)."""
+    """How many settings of :func:`versus_baseline` raise or lower ``metric`` at Benjamini-Hochberg
+    adjusted p < 0.05 over the table's family (its ``outcome``), how many more only before adjustment,
+    and the largest mean changes in each direction with their setting and p-values."""
     rows = table[table["metric"] == metric]
     up, down = int((rows["outcome"] == "better").sum()), int((rows["outcome"] == "worse").sum())
-    best = rows.loc[rows["difference"].idxmax()]
+    nominal = int(((rows["outcome"] == "no significant difference") & (rows["nominal"] != rows["outcome"])).sum())
     text = (f"Of {len(rows)} settings, {up} raise test {metric.upper()} significantly over the baseline and "
-            f"{down} lower it; the largest mean change is {best['difference']:+.4f} "
+            f"{down} lower it (adjusted p < 0.05 over the {int(table['family'].max())} comparisons of "
+            f"{table['family_name'].iloc[0]}); {nominal} more differ{'s' if nominal == 1 else ''} only before adjustment "
             f"(seeds per setting: {rows['n'].min()}).")
-    if up + down:
-        text += (f" Adjusted for the {int(table['family'].max())} comparisons of the table (Benjamini-Hochberg), "
-                 f"{int(((rows['outcome'] != 'no significant difference') & (rows['p_adjusted'] < 0.05)).sum())} "
-                 f"of these {up + down} keep p < 0.05.")
+    keys = [k for k in group_keys(rows) if rows[k].nunique() > 1] or group_keys(rows)
+    high, low = rows.loc[rows["difference"].idxmax()], rows.loc[rows["difference"].idxmin()]
+    text += " The mean change ranges from " + " to ".join(
+        f"{r['difference']:+.4f} ({group_name(r, keys)}; p = {r['p_value']:.3f}, adjusted p = {r['p_adjusted']:.3f})"
+        for r in (low, high)) + "."
     if "merge_rate" in rows and rows["merge_rate"].notna().all():
         inert = int((rows["merge_rate"] == 0).sum())
         text += (f" In {inert} of them no kernel was merged at all (no selected pair passed the threshold), so"

@@ -7,9 +7,14 @@ comparison page all build their tables and sentences with these functions:
 
 * :func:`summary` / :func:`summary_table`: ``mean ± std (n)`` per group;
 * :func:`paired`: each (method, reference) pair, per group, as the paired difference over the
-  seeds both ran (:func:`medsoup.core.stats.paired_difference`), with the Benjamini-Hochberg
-  adjusted p-value over every comparison of the table beside the raw one;
-* :func:`verdict`: one sentence per comparison, then how many comparisons were made.
+  seeds both ran (:func:`medsoup.core.stats.paired_difference`) with its minimum detectable effect
+  (``mde``), and the Benjamini-Hochberg adjusted p-value over the table's comparisons, a *family*
+  the table names (``family_name``; ``family``: its size);
+* :func:`judged_over`: the verdict rule, applied once per family: ``outcome`` is better/worse only
+  where the adjusted p-value is below 0.05 (:func:`medsoup.core.stats.judge`); ``nominal`` keeps
+  what the unadjusted 95% interval alone says;
+* :func:`verdict`: one sentence per comparison, then the family; :func:`headline`: the counts in one
+  sentence, for the top of a page beside the forest plot (:func:`medsoup.figures.forest.forest`).
 
 A *selector* names the rows of one side of a comparison: a method name, or a mapping of column ->
 value (``{"method": "GS(best)", "recalibrate": True}``) with an optional ``"label"`` for the text.
@@ -24,13 +29,16 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
-from medsoup.core.stats import PairedDifference, paired_difference, summarise
+from medsoup.core.stats import ALPHA, POWER, PairedDifference, judge, paired_difference, summarise
 
 Selector = Union[str, Mapping[str, Any]]
 #: A metric column, or one per dataset (``{"retinamnist": "f1", ...}``: each dataset's own metric).
 MetricSpec = Union[str, Mapping[str, str]]
 PAIRED_COLUMNS = ("method", "reference", "metric", "method_mean", "method_std", "reference_mean", "reference_std",
-                  "difference", "ci_low", "ci_high", "p_value", "p_adjusted", "family", "n", "outcome")
+                  "difference", "ci_low", "ci_high", "mde", "p_value", "p_adjusted", "n", "nominal", "outcome",
+                  "family", "family_name")
+#: The family a table's p-values are adjusted over when the caller names none.
+THIS_TABLE = "this table"
 
 
 def row(chapter: str, method: str, role: str, dataset: str, seed: int, metrics: Mapping[str, Any] | None = None,
@@ -135,16 +143,16 @@ def _by_seed(part: pd.DataFrame, metric: str, side: str, group: dict) -> pd.Seri
 
 def paired(rows: pd.DataFrame, pairs: Sequence[tuple[Selector, Selector]], metrics: MetricSpec | Sequence[str],
            by: str | Sequence[str] = "dataset", extra: Sequence[str] = (),
-           higher_is_better: bool | None = True) -> pd.DataFrame:
+           higher_is_better: bool | None = True, family: str = THIS_TABLE) -> pd.DataFrame:
     """For each pair, group of ``by`` and metric (in that order): ``method - reference`` over the
     seeds both ran (positive: the method is higher), as
-    :meth:`~medsoup.core.stats.PairedDifference.columns`, with both sides' mean and std over those
-    seeds, and ``p_adjusted``: Benjamini-Hochberg over every row of the returned table, its family
-    of comparisons (whose size is the column ``family``). ``extra`` columns are averaged over the
-    method's rows (e.g. ``merge_rate``). Pairs with no common seed in a group are left out; a
-    per-dataset metric needs ``dataset`` among ``by``. ``outcome`` judges the metrics as scores;
-    ``higher_is_better=False`` as costs, ``None`` as quantities that are neither (``"higher"`` or
-    ``"lower"``, e.g. loss barriers; :meth:`~medsoup.core.stats.PairedDifference.judged`).
+    :meth:`~medsoup.core.stats.PairedDifference.columns` (``mde`` included), with both sides' mean
+    and std over those seeds, judged over every row of the returned table as one family named
+    ``family`` (:func:`judged_over`: ``p_adjusted``, ``outcome``, ``family``, ``family_name``).
+    ``extra`` columns are averaged over the method's rows (e.g. ``merge_rate``). Pairs with no
+    common seed in a group are left out; a per-dataset metric needs ``dataset`` among ``by``.
+    ``outcome`` judges the metrics as scores; ``higher_is_better=False`` as costs, ``None`` as
+    quantities that are neither (``"higher"`` or ``"lower"``, e.g. loss barriers).
     """
     keys = _as_list(by)
     metric_list = [metrics] if isinstance(metrics, (str, Mapping)) else list(metrics)
@@ -169,8 +177,23 @@ def paired(rows: pd.DataFrame, pairs: Sequence[tuple[Selector, Selector]], metri
                             "reference_std": sa.std, **d.columns(higher_is_better),
                             **{c: float(kept[c].mean()) for c in extra if c in kept}})
     table = pd.DataFrame(out, columns=[*keys, *PAIRED_COLUMNS, *extra])
+    return judged_over(table, family, higher_is_better)
+
+
+def judged_over(table: pd.DataFrame, family: str, higher_is_better: bool | None = True) -> pd.DataFrame:
+    """``table`` (rows of :func:`paired`, possibly from several calls) as one family of comparisons
+    named ``family``: ``p_adjusted`` is Benjamini-Hochberg over all its rows, ``family`` their number,
+    ``family_name`` the name, and ``outcome`` the verdict of :func:`medsoup.core.stats.judge`: better
+    or worse only where ``p_adjusted`` < 0.05. A comparison whose unadjusted interval excludes zero but
+    whose adjusted p does not pass keeps that reading in ``nominal`` only."""
+    if not family or not isinstance(family, str):
+        raise ValueError(f"a family of comparisons needs a name (the text says what was adjusted over), got {family!r}")
+    table = table.copy()
     table["p_adjusted"] = adjusted_p_values(table["p_value"])
     table["family"] = len(table)
+    table["family_name"] = family
+    table["outcome"] = [judge(d, p, n, higher_is_better)
+                        for d, p, n in zip(table["difference"], table["p_adjusted"], table["n"])]
     return table
 
 
@@ -193,9 +216,9 @@ def adjusted_p_values(p_values: Sequence[float]) -> np.ndarray:
 
 def metric_label(metric: str) -> str:
     """How a metric column reads in a sentence (``f1`` -> ``test F1``, ``lp_f1`` -> ``LP-stage test F1``,
-    ``barrier_loss`` -> ``test loss barrier``)."""
+    ``barrier_loss`` -> ``validation loss barrier``: barriers are measured along curves on validation images)."""
     if metric.startswith("barrier"):
-        return f"test {metric.removeprefix('barrier').strip('_') or 'metric'} barrier"
+        return f"validation {metric.removeprefix('barrier').strip('_') or 'metric'} barrier"
     if metric.startswith("lp_"):
         return f"LP-stage test {metric[3:].upper()}"
     if metric.startswith("ood_"):
@@ -203,13 +226,27 @@ def metric_label(metric: str) -> str:
     return f"test {metric.upper()}"
 
 
-def _group_name(row: Mapping[str, Any], keys: Sequence[str]) -> str:
+def group_name(row: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """How a comparison's group reads in a sentence (``breastmnist, setting tau=0.3``)."""
     return ", ".join(str(row[k]) if k == "dataset" else f"{k} {row[k]}" for k in keys)
+
+
+def _null_power(row: Mapping[str, Any]) -> str:
+    """What a null result could have detected, against the paper's effect where the row holds one."""
+    effect, mde = row.get("paper_effect", np.nan), row.get("mde", np.nan)
+    if not (np.isfinite(effect) and np.isfinite(mde)):
+        return ""
+    paper = f"the paper's effect ({effect:+.3f}, {row['paper_source']})"
+    if mde > abs(effect):
+        return f"; these seeds could not have detected {paper}"
+    return f"; these seeds would likely have detected {paper}"
 
 
 def verdict(table: pd.DataFrame, by: str | Sequence[str] = "dataset") -> str:
     """One sentence per row of :func:`paired` (true for any outcome: better, worse, not
-    significantly different, one seed), then the number of comparisons the adjusted p-values cover."""
+    significantly different, one seed), with the nominal reading where only the unadjusted interval
+    excludes zero and, for a null with the paper's effect at hand (:mod:`medsoup.chapters.papers`),
+    whether these seeds could have detected it; then the family the adjusted p-values cover."""
     if table.empty:
         return "No method could be compared with its reference: the rows are missing or share no seed."
     keys = _as_list(by)
@@ -219,17 +256,56 @@ def verdict(table: pd.DataFrame, by: str | Sequence[str] = "dataset") -> str:
         text = d.describe(row["method"], row["reference"], metric_label(row["metric"]), row["outcome"])
         if d.n > 1:
             text += f"; p = {d.p_value:.3f}, adjusted p = {row['p_adjusted']:.3f}"
-        sentences.append(f"On {_group_name(row, keys)}, {text}.")
-    n, family = len(table), int(table["family"].max())
-    if table["p_value"].isna().all():
-        sentences.append(f"{n} comparison{'s' if n != 1 else ''} made, none with a p-value to adjust (one seed).")
-    elif n == family:
-        sentences.append(f"{n} comparison{'s' if n != 1 else ''} made; the adjusted p-values control the false "
-                         f"discovery rate over {'them' if n != 1 else 'it'} (Benjamini-Hochberg).")
-    else:
-        sentences.append(f"{n} of the table's {family} comparisons shown here; the adjusted p-values control the "
-                         f"false discovery rate over all {family} (Benjamini-Hochberg).")
+        if row["outcome"] == "no significant difference":
+            if row.get("nominal", row["outcome"]) != row["outcome"]:
+                text += f" (nominally {row['nominal']}: the unadjusted interval excludes zero, the adjusted p does not pass)"
+            text += _null_power(row)
+        sentences.append(f"On {group_name(row, keys)}, {text}.")
+    sentences.append(family_sentence(table))
     return " ".join(sentences)
+
+
+def family_sentence(table: pd.DataFrame) -> str:
+    """Which comparisons the adjusted p-values of ``table`` cover, and the rule its verdicts follow."""
+    n, family, name = len(table), int(table["family"].max()), str(table["family_name"].iloc[0])
+    if table["p_value"].isna().all():
+        return f"{n} comparison{'s' if n != 1 else ''} made, none with a p-value to adjust (one seed)."
+    shown = f"{n} comparison{'s' if n != 1 else ''}" if n == family else f"{n} of the {family} comparisons"
+    return (f"{shown} of {name}; the adjusted p-values control the false discovery rate over "
+            f"{'it' if family == 1 else f'all {family}'} "
+            f"(Benjamini-Hochberg), and a difference is called better or worse only where its adjusted p is below "
+            f"{ALPHA:g}. MDE: the smallest true difference these seeds detect with {POWER:.0%} power (paired t-test, "
+            f"two-sided {ALPHA:.0%}).")
+
+
+def headline(table: pd.DataFrame) -> str:
+    """The verdicts of ``table`` counted in one sentence (for the top of a page, beside its forest plot):
+    better, worse, the rest; how many were only nominally significant; how many nulls could not have
+    detected the paper's effect."""
+    if table.empty:
+        return "No comparison could be made."
+    n, family, name = len(table), int(table["family"].max()), str(table["family_name"].iloc[0])
+    words = {o: int((table["outcome"] == o).sum()) for o in ("better", "worse", "higher", "lower")}
+    found = ", ".join(f"{k} {o}" for o, k in words.items() if k) or "none significant either way"
+    scope = (f"Of the {n} comparisons of {name}" if n == family
+             else f"Of {n} comparisons ({family} adjusted together as {name})")
+    text = f"{scope}: {found} at adjusted p < {ALPHA:g}"
+    nominal = int(((table["outcome"] == "no significant difference")
+                   & (table["nominal"] != "no significant difference")).sum())
+    if nominal:
+        text += f"; {nominal} more {'is' if nominal == 1 else 'are'} significant only before adjustment"
+    nulls = table[table["outcome"] == "no significant difference"]
+    if "paper_effect" in nulls and nulls["paper_effect"].notna().any():
+        known = nulls[nulls["paper_effect"].notna()]
+        blind = int((known["mde"] > known["paper_effect"].abs()).sum())
+        text += (f"; of the {len(known)} nulls with the paper's effect at hand, {blind} could not have detected it"
+                 f" (MDE above it)")
+    return text + "."
+
+
+def group_keys(table: pd.DataFrame) -> list[str]:
+    """The ``by`` columns a table of :func:`paired` was grouped by (those before ``method``)."""
+    return list(table.columns[:table.columns.get_loc("method")])
 
 
 def count(table: pd.DataFrame, outcome: str, metric: str | None = None) -> int:
