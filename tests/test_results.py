@@ -82,9 +82,8 @@ def test_the_book_runner_marks_its_executions_as_reference_runs(monkeypatch, tmp
     from medsoup.book import execute
 
     seen = []
-    monkeypatch.setattr(execute, "run_papermill", lambda *a, **k: seen.append(__import__("os").environ.get(results.REFERENCE_ENV)))
+    monkeypatch.setattr(execute, "execute_into", lambda *a, **k: seen.append(__import__("os").environ.get(results.REFERENCE_ENV)))
     monkeypatch.setattr(execute, "record_timing", lambda *a, **k: None)
-    monkeypatch.setattr(execute, "fold_injected_parameters", lambda target: None)  # nothing was executed
     monkeypatch.delenv(results.REFERENCE_ENV, raising=False)
     execute.execute_notebooks("smoke", only=["90_reproducibility"], out_dir=tmp_path, force=True)
     assert seen == ["1"] and results.REFERENCE_ENV not in __import__("os").environ

@@ -2,17 +2,27 @@
 
 Each source notebook ``notebooks/<name>.ipynb`` (committed without outputs) runs
 through papermill with those of ``{"profile": profile, **parameters}`` it declares into the build product
-``book/executed/<name>.ipynb``, which ``_toc.yml`` lists. The kernel's working directory is the
-repository root, the same as for ``pytest``, the ``medsoup`` CLIs and the README's ``papermill``
-example run from the root; ``MEDSOUP_DATA`` is set to ``<root>/data`` for the kernel when unset,
-and ``MEDSOUP_REFERENCE_RUN=1``: these executions are the reference runs whose results files
-(``results/<stem>/<profile>.json``) are committed (:mod:`medsoup.runs.results`).
+``book/executed/<name>.ipynb``, which ``_toc.yml`` lists. Papermill writes a hidden partial copy
+beside it, moved over ``<name>.ipynb`` only when the execution finished: a failed (or interrupted)
+execution leaves the last good one in place and goes to ``book/executed/failed/<name>.ipynb``
+(git-ignored, with its traceback; a later success removes it). The kernel's working directory is
+the repository root (the package finds ``data/``, ``runs/`` and ``results/`` from the project root
+wherever a kernel starts, JupyterLab's ``notebooks/`` included); ``MEDSOUP_DATA`` is set to
+``<root>/data`` for the kernel when unset, and ``MEDSOUP_REFERENCE_RUN=1``: these executions are
+the reference runs whose results files (``results/<stem>/<profile>.json``) are committed
+(:mod:`medsoup.runs.results`). The kernel runs torch with ``$MEDSOUP_THREADS`` threads (default 1;
+it gets ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``): one thread per kernel holds up when other jobs
+share the cores, and an idle many-core machine can raise it.
 A notebook is skipped when its executed copy exists and its stamp file ``<name>.stamp`` beside it
 matches the sha256 of (source notebook, parameters, kernel, the code of the ``medsoup/`` sources
 (docstrings and comments left out, as in the run keys), ``constraints.txt``; for a notebook whose
 metadata has ``{"medsoup": {"reads_results": true}}``, also the other notebooks'
-``results/*/<profile>.json``), so a rebuild with nothing changed takes seconds. Each
-execution's wall time goes to ``results/timings/<profile>.json``.
+``results/*/<profile>.json``), so a rebuild with nothing changed takes seconds.
+
+Timings: the wall time of a reference execution, one whose notebook gets no parameter but the
+profile (``execute --profile P``, whole or ``--only`` some notebooks, without ``-p``), goes to
+``results/timings/<profile>.json``, with its machine (the reproducibility page shows them). An
+execution given any ``-p`` parameter records nothing there, whatever its results file.
 
 Parameters: a notebook declares its parameters in its ``parameters`` cell; a ``-p`` name that no
 selected notebook declares is refused with the valid names (a misspelled ``-p datset ...`` would
@@ -29,6 +39,7 @@ Only the standard library is imported at module level; papermill and
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -36,7 +47,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +65,14 @@ FOLD_TAG = "hide-cell"
 #: Profiles whose files are checked before anything executes (:mod:`medsoup.book.preflight`): the
 #: ones that need files or weights the offline machine may not have.
 PREFLIGHT_PROFILES = ("paper",)
+#: The folder, inside the output folder, of the executions that failed (kept for debugging).
+FAILED_DIR = "failed"
+#: The environment variable naming the torch threads of each notebook kernel, and its default.
+THREADS_ENV, DEFAULT_THREADS = "MEDSOUP_THREADS", 1
 
 
 class NotebookExecutionError(RuntimeError):
-    """A notebook failed; the message names it and the partially executed copy."""
+    """A notebook failed; the message names it and where its failed execution is kept."""
 
 
 def repo_root() -> Path:
@@ -138,6 +153,23 @@ def notebook_stamp(source: Path, parameters: Mapping[str, Any], kernel_name: str
     return h.hexdigest()
 
 
+def kernel_threads() -> int:
+    """The torch threads of each notebook kernel: ``$MEDSOUP_THREADS`` (a whole number >= 1), default 1."""
+    text = os.environ.get(THREADS_ENV, str(DEFAULT_THREADS))
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"${THREADS_ENV}={text!r} is not a number of threads; give a whole number >= 1 "
+                         f"(default {DEFAULT_THREADS})")
+    return int(text)
+
+
+def kernel_environment() -> dict[str, str]:
+    """What the kernels' environment gets besides this process's: the inline matplotlib backend
+    (with ``MPLBACKEND=Agg``, as in ``run.sh test``, glued figures would be stored as "<Figure
+    size ...>" text instead of PNGs) and :func:`kernel_threads` threads for torch (OpenMP, MKL)."""
+    threads = str(kernel_threads())
+    return {"MPLBACKEND": INLINE_BACKEND, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Path:
     """Add a notebook's execution time to ``results/timings/<profile>.json`` (the reproducibility
     page's wall times); machine and code version are recorded with it."""
@@ -152,7 +184,8 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Pa
         fcntl.flock(folder, fcntl.LOCK_EX)
         record = json.loads(path.read_text()) if path.is_file() else {}
         record[notebook] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                            "code_version": code_version(), "machine": machine()}
+                            # torch's threads are the kernel's (kernel_environment), not this process's
+                            "code_version": code_version(), "machine": {**machine(), "torch_threads": kernel_threads()}}
         atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1))
     finally:
         os.close(folder)  # closing releases the lock
@@ -165,8 +198,10 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
                       log_output: bool = False) -> list[Path]:
     """Execute the source notebooks into ``out_dir``; returns the executed copies' paths.
 
-    Raises ``NotebookExecutionError`` on the first failing notebook; its partially executed copy
-    stays in ``out_dir`` (without a stamp, so the next call runs it again). At a profile of
+    Raises ``NotebookExecutionError`` on the first failing notebook; its last good execution stays
+    in ``out_dir`` (without a stamp, so the next call runs it again), the failed one goes to
+    ``<out_dir>/failed/<name>.ipynb``. Only reference executions (no parameter but the profile)
+    record their time (:func:`record_timing`). At a profile of
     :data:`PREFLIGHT_PROFILES`, :func:`medsoup.book.preflight.check` runs first and raises
     ``PreflightError`` listing what the selected notebooks need that is missing and not downloadable.
     """
@@ -175,6 +210,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
 
     root = repo_root()
     sources = notebook_paths(only)
+    kernel_threads()  # a bad $MEDSOUP_THREADS fails before anything runs
     profile = resolve_profile(profile)
     if profile in PREFLIGHT_PROFILES:  # fail in seconds, listing every missing file, not hours in
         from medsoup.book.preflight import chapters_of, check, report
@@ -206,54 +242,83 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
         start = time.perf_counter()
         # The book runner's executions are reference runs: their results files are
         # results/<stem>/<profile>.json unless a parameter changes a setting (medsoup.runs.results).
-        saved_flag, os.environ[REFERENCE_ENV] = os.environ.get(REFERENCE_ENV), "1"
-        try:
-            run_papermill(source, target, shares[source], kernel_name, root, log_output)
-        finally:
-            if saved_flag is None:
-                os.environ.pop(REFERENCE_ENV, None)
-            else:
-                os.environ[REFERENCE_ENV] = saved_flag
-        fold_injected_parameters(target)
+        with environment({REFERENCE_ENV: "1"}):
+            execute_into(source, target, shares[source], kernel_name, root, log_output)
         stamp_file.write_text(stamp + "\n")
-        record_timing(root, profile, source.stem, time.perf_counter() - start)
-        print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> "
-              f"{target.relative_to(root) if target.is_relative_to(root) else target}", flush=True)
+        seconds = time.perf_counter() - start
+        timed = shares[source] == {"profile": profile}
+        if timed:
+            record_timing(root, profile, source.stem, seconds)
+        print(f"{tag}: done in {seconds:.1f} s -> "
+              f"{target.relative_to(root) if target.is_relative_to(root) else target}"
+              + ("" if timed else " (given parameters besides the profile: time not recorded)"), flush=True)
         executed.append(target)
     return executed
 
 
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` (what a kernel started inside inherits), restored after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def execute_into(source: Path, target: Path, params: Mapping[str, Any], kernel_name: str, cwd: Path,
+                 log_output: bool) -> None:
+    """Execute ``source`` into ``target``, replacing it only once the execution finished.
+
+    Papermill writes ``.<name>.<writer>.partial.ipynb`` beside ``target`` (hidden, so the book never
+    reads it); on success it is folded (:func:`fold_injected_parameters`) and moved over ``target``,
+    and an earlier failed copy is removed. On failure or interruption it is moved to
+    ``<target's folder>/failed/<name>.ipynb`` and ``target``, the last good execution, is left as it was.
+    """
+    from medsoup.core.checkpoint import writer_tag
+
+    partial = target.with_name(f".{target.stem}.{writer_tag()}.partial.ipynb")
+    failed = target.parent / FAILED_DIR / target.name
+    try:
+        run_papermill(source, partial, params, kernel_name, cwd, log_output)
+        fold_injected_parameters(partial)
+    except BaseException as err:
+        if partial.exists():
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, failed)
+        if not isinstance(err, NotebookExecutionError):
+            raise
+        kept = f"; {target} keeps the last good execution" if target.is_file() else ""
+        raise NotebookExecutionError(f"{err}; the failed execution, with its traceback, is {failed}{kept}") from err
+    os.replace(partial, target)
+    failed.unlink(missing_ok=True)
+
+
 def run_papermill(source: Path, target: Path, params: Mapping[str, Any], kernel_name: str,
-                   cwd: Path, log_output: bool) -> None:
+                  cwd: Path, log_output: bool) -> None:
+    """Execute ``source`` into ``target`` with papermill in a kernel started in ``cwd`` with
+    :func:`kernel_environment`; a failure raises :class:`NotebookExecutionError` naming the cell."""
     import papermill
 
     if log_output:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # The kernel inherits this process's environment; with MPLBACKEND=Agg (run.sh test, CI) glued
-    # figures would be stored as "<Figure size ...>" text instead of PNGs, and the book would have
-    # no images. The kernel always gets the inline backend.
-    saved_backend = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = INLINE_BACKEND
     try:
-        papermill.execute_notebook(
-            str(source), str(target), parameters=dict(params), kernel_name=kernel_name,
-            cwd=str(cwd), progress_bar=sys.stderr.isatty(), log_output=log_output,
-        )
+        with environment(kernel_environment()):  # jupyter_client starts the kernel with os.environ
+            papermill.execute_notebook(
+                str(source), str(target), parameters=dict(params), kernel_name=kernel_name,
+                cwd=str(cwd), progress_bar=sys.stderr.isatty(), log_output=log_output,
+            )
     except papermill.PapermillExecutionError as err:
         raise NotebookExecutionError(
-            f"notebook {source.name} failed in cell [{err.exec_count}]: {err.ename}: {err.evalue}; "
-            f"the partially executed notebook, with the traceback, is {target}"
-        ) from err
+            f"notebook {source.name} failed in cell [{err.exec_count}]: {err.ename}: {err.evalue}") from err
     except Exception as err:  # kernel death, missing kernel, bad parameters, ...
         raise NotebookExecutionError(
-            f"notebook {source.name} could not be executed: {type(err).__name__}: {err}; "
-            f"the partially executed notebook (if any) is {target}"
-        ) from err
-    finally:
-        if saved_backend is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = saved_backend
+            f"notebook {source.name} could not be executed: {type(err).__name__}: {err}") from err
 
 
 def fold_injected_parameters(path: Path) -> None:

@@ -1,0 +1,67 @@
+"""The book runner's executions in a real kernel: a failure keeps the last good page, only reference
+executions record their time, kernels run torch with $MEDSOUP_THREADS threads from the project root."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from medsoup.book import execute
+from tests.test_book_reference import project  # noqa: F401  (the tiny book root fixture)
+
+
+def _notebook(root):
+    """A page that prints its kernel's thread settings and working directory, and fails when asked
+    through the environment (so that a failing execution needs no parameter)."""
+    params = nbformat.v4.new_code_cell('profile = "auto"\nlabel = "x"')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title"), params,
+        nbformat.v4.new_code_cell('import os\nprint(os.environ["OMP_NUM_THREADS"], os.environ["MKL_NUM_THREADS"], '
+                                  'os.getcwd(), label)'),
+        nbformat.v4.new_code_cell('assert os.environ.get("TEST_PAGE_FAILS") != "1", "asked to fail"')])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "notebooks" / "10_page.ipynb")
+
+
+def _printed(path) -> str:
+    cells = nbformat.read(path, as_version=4).cells
+    return "".join(o["text"] for c in cells for o in c.get("outputs", []) if o.get("name") == "stdout").strip()
+
+
+def test_failures_keep_the_last_good_page_and_only_reference_executions_are_timed(project, monkeypatch):
+    _notebook(project)
+    out = project / execute.EXECUTED_DIR
+    timings = project / "results" / "timings" / "smoke.json"
+    monkeypatch.delenv(execute.THREADS_ENV, raising=False)
+    (page,) = execute.execute_notebooks("smoke", out_dir=out)
+    assert _printed(page) == f"1 1 {project} x"  # one torch thread by default, the project root as cwd
+    assert list(json.loads(timings.read_text())) == ["10_page"]
+    assert sorted(p.name for p in out.iterdir()) == ["10_page.ipynb", "10_page.stamp"]  # no partial copy left
+    good, timed = page.read_bytes(), timings.read_bytes()
+
+    monkeypatch.setenv(execute.THREADS_ENV, "3")
+    monkeypatch.setenv("TEST_PAGE_FAILS", "1")
+    with pytest.raises(execute.NotebookExecutionError, match=r"failed in cell .*asked to fail.*failed/10_page.ipynb"
+                                                              r".*keeps the last good execution"):
+        execute.execute_notebooks("smoke", out_dir=out, force=True)
+    assert page.read_bytes() == good and not (out / "10_page.stamp").exists()
+    failed = out / execute.FAILED_DIR / "10_page.ipynb"
+    assert _printed(failed) == f"3 3 {project} x" and "asked to fail" in failed.read_text()
+    assert timings.read_bytes() == timed
+
+    monkeypatch.delenv("TEST_PAGE_FAILS")
+    execute.execute_notebooks("smoke", parameters={"label": "y"}, out_dir=out)  # the README's -p example
+    assert _printed(page) == f"3 3 {project} y" and not failed.exists()
+    assert timings.read_bytes() == timed  # a -p execution records no time
+    assert sorted(p.name for p in out.iterdir()) == ["10_page.ipynb", "10_page.stamp", execute.FAILED_DIR]
+
+
+@pytest.mark.parametrize("threads", ["0", "two", "-1", ""])
+def test_a_bad_thread_count_is_refused_before_anything_runs(project, monkeypatch, threads):
+    monkeypatch.setattr(execute, "run_papermill", lambda *a, **k: pytest.fail("nothing may run"))
+    monkeypatch.setenv(execute.THREADS_ENV, threads)
+    with pytest.raises(ValueError, match=rf"\$MEDSOUP_THREADS={threads!r} is not a number of threads"):
+        execute.execute_notebooks("smoke", out_dir=project / execute.EXECUTED_DIR)
