@@ -129,6 +129,12 @@ def test_module_runs_from_the_command_line(store):
     assert done.stdout.splitlines()[1].split()[0] == keys()[0]
 
 
+def test_the_command_line_starts_without_torch(store):
+    code = ("import sys; from medsoup.runs import cli; "
+            f"cli.main(['--cache', {str(store)!r}, 'list']); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+
+
 def test_diff_shows_an_init_on_one_side_as_one_row(tmp_path):
     for name, config in (("a", FINISHED), ("b", FINISHED.replace(init=STOPPED))):
         (tmp_path / name).mkdir()

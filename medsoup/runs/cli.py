@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import filelock
 
 from medsoup.core import checkpoint as ckpt
-from medsoup.runs.store import cache_root, run_lock
+from medsoup.runs.storage import cache_root, run_lock
 
 
 def flat_fields(config: dict, prefix: str = "") -> dict[str, Any]:

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import filelock
 import torch
 from torch import nn
 
@@ -45,16 +44,10 @@ from medsoup.core import checkpoint as ckpt
 from medsoup.core.data import MedData, check_dataset, check_train_subset, load_dataset
 from medsoup.core.metrics import probabilities
 from medsoup.core.models import check_model_name, create_model
-from medsoup.core.paths import project_folder
 from medsoup.core.progress import progress as progress_bar
 from medsoup.core.train import Callback, TrainConfig, checked_fields, evaluate, fit, predict, resolve_device
 from medsoup.runs.provenance import code_version, machine, package_versions
-
-RUNS_ENV = "MEDSOUP_RUNS"
-#: ``local`` (default) or ``network``: the kind of lock of :func:`run_lock`.
-LOCK_ENV = "MEDSOUP_RUN_LOCK"
-#: Seconds a ``network`` lock may go unrefreshed before another host takes the run over.
-LEASE_SECONDS = 60.0
+from medsoup.runs.storage import DEFAULT_CACHE, LOCK_ENV, cache_root, run_lock  # noqa: F401 (re-exported)
 
 #: In-training callbacks by name, as "module:attribute", imported when first used.
 CALLBACKS: dict[str, str] = {
@@ -167,15 +160,6 @@ def run_key(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-#: ``runs/`` of the checkout medsoup is used from, or ``./runs`` outside a checkout.
-DEFAULT_CACHE = project_folder("runs")
-
-
-def cache_root(cache: str | os.PathLike | None = None) -> Path:
-    """``cache`` if given, else ``$MEDSOUP_RUNS``, else :data:`DEFAULT_CACHE`."""
-    return Path(cache if cache is not None else os.environ.get(RUNS_ENV, DEFAULT_CACHE))
-
-
 @dataclass
 class RunResult:
     """A finished run as stored on disk."""
@@ -255,24 +239,6 @@ def export_model(model: nn.Module, config: RunConfig, data: MedData) -> tuple[nn
 
 def make_callbacks(config: RunConfig) -> list[Callback]:
     return [_resolve(CALLBACKS, "callback", name)(**params) for name, params in config.callbacks]
-
-
-def run_lock(folder: Path) -> filelock.BaseFileLock:
-    """The lock the one process training the run in ``folder`` holds, by ``$MEDSOUP_RUN_LOCK``.
-
-    ``local`` (default): :class:`filelock.FileLock`, an ``flock`` lock the kernel releases when its
-    process dies, however it dies (``kill -9`` too). It excludes processes of one machine, and those of
-    several on a network filesystem whose locks work (NFSv4, Lustre with ``flock``).
-    ``network``: :class:`filelock.SoftFileLease`, a marker file its holder refreshes from a thread; a
-    waiter takes it over once the holder's process is gone (same host) or the marker went
-    :data:`LEASE_SECONDS` unrefreshed (any host), for filesystems without working locks.
-    """
-    kind = os.environ.get(LOCK_ENV, "local")
-    if kind == "local":
-        return filelock.FileLock(folder / "lock", poll_interval=0.25)
-    if kind == "network":
-        return filelock.SoftFileLease(folder / "lock", lease_duration=LEASE_SECONDS, poll_interval=0.25)
-    raise ValueError(f"${LOCK_ENV}={kind!r} is not a lock kind; valid: local, network")
 
 
 def run(config: RunConfig, cache: str | os.PathLike | None = None, progress: bool = True) -> RunResult:
