@@ -1,5 +1,6 @@
 """Figures of the FissionFusion chapter: error-landscape slices (Fig. 1), LMC curves as mean ± std over
-seeds (Appendix B1), soups with and without BatchNorm recalibration, and in- vs out-of-distribution scores."""
+seeds (Appendix B1), soups with and without BatchNorm recalibration, in- vs out-of-distribution scores,
+and reliability diagrams (calibration)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from medsoup.core.calibration import ECE_BINS, binary_columns, reliability
 from medsoup.figures import figure
 from medsoup.merging.landscape import Landscape, LMCCurve
 
@@ -60,7 +62,8 @@ def lmc_bands(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[LMCCurve]]
                     ax.fill_between(lam, mean - std, mean + std, color=line.get_color(), alpha=0.2)
             ax.set(title=f"{dataset}: val {metric}", xlabel=r"$\lambda$ ($\theta_B$ at 0, $\theta_A$ at 1)",
                    ylabel=f"val {metric}")
-    axes[0, 0].legend(fontsize=7)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8,
+               frameon=False)
     return fig
 
 
@@ -73,6 +76,39 @@ def paired_bars(names: Sequence[str], left: Sequence[float], right: Sequence[flo
     ax.bar(x - 0.2, left, width=0.4, label=labels[0])
     ax.bar(x + 0.2, right, width=0.4, label=labels[1])
     ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set(ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, pad=24)
+    ax.legend(fontsize=8, ncols=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)  # above the bars
     return ax.figure
+
+
+def _pooled(pairs: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, targets)`` pairs concatenated; multi-label ones (2-D targets) as binary columns."""
+    probs = np.concatenate([np.asarray(p, dtype=float) for p, _ in pairs])
+    targets = np.concatenate([np.asarray(t) for _, t in pairs])
+    return binary_columns(probs, targets) if targets.ndim == 2 else (probs, targets)
+
+
+def reliability_diagram(predictions: Mapping[str, Mapping[str, Sequence[tuple]]], bins: int = ECE_BINS):
+    """One panel per dataset (key of ``predictions``): for each method, the accuracy of its arg-max
+    predictions against their mean confidence in each of ``bins`` equal-width confidence bins
+    (:func:`medsoup.core.calibration.reliability`), over its ``(probabilities, targets)`` test sets pooled
+    (one per seed), a point's area growing with its bin's images; the diagonal is perfect calibration
+    (below it: over-confident). One legend below the panels."""
+    fig, axes = figure(1, len(predictions), width=4.0, height=3.6, flat=True)
+    for ax, (dataset, methods) in zip(axes, predictions.items()):
+        low = 1.0
+        for method, pairs in methods.items():
+            probs, targets = _pooled(pairs)
+            r = reliability(probs, targets, bins)
+            filled = r["count"] > 0
+            size = 8 + 120 * r["count"][filled] / r["count"].sum()
+            (line,) = ax.plot(r["confidence"][filled], r["accuracy"][filled], lw=1, label=method)
+            ax.scatter(r["confidence"][filled], r["accuracy"][filled], s=size, color=line.get_color(), alpha=0.7)
+            low = min(low, 1 / probs.shape[1])
+        ax.plot([low, 1], [low, 1], color="0.4", ls="--", lw=1, label="perfect calibration")
+        ax.set(xlim=(low - 0.02, 1.01), ylim=(-0.02, 1.02), xlabel="confidence (max probability)",
+               ylabel="accuracy", title=dataset)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
+    return fig

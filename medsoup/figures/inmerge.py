@@ -49,10 +49,11 @@ def similarity_distributions(sims: Mapping[str, Mapping[str, np.ndarray]], tau: 
             ax.hist(sims[label][layer], bins=bins, density=True, histtype="step", color=colour, label=label)
         ax.axvline(tau, color="black", linestyle="--", linewidth=0.8)
         merged = " (merged)" if index >= first_layer else ""
-        ax.set(title=f"#{index} {layer}{merged}", xlabel="cosine similarity", ylabel="density", xlim=(-0.6, 0.8))
+        ax.set(title=f"#{index} {layer}{merged}", xlabel="cosine similarity", ylabel="density", xlim=(-1.0, 1.0))
     for ax in axes[len(layers):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(labels), fontsize=9,
+               frameon=False)
     return fig
 
 
@@ -69,32 +70,35 @@ def kind_similarities(sims: Mapping[str, Mapping[str, np.ndarray]], tau: float):
             ax.hist(values, bins=bins, density=True, histtype="step", color=colours[kind],
                     label=f"{names[kind]} ({100 * float((values > tau).mean()):.1f}% > tau)")
         ax.axvline(tau, color="black", linestyle="--", linewidth=0.8)
-        ax.set(title=group, xlabel="cosine similarity of a kernel pair", ylabel="density", xlim=(-0.8, 1.0))
-        ax.legend(fontsize=7)
+        ax.set(title=group, xlabel="cosine similarity of a kernel pair", ylabel="density (log)", xlim=(-1.0, 1.0),
+               yscale="log")  # the whole range [-1, 1]: depthwise pairs pile up near +1
+        ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.12), frameon=False)
     return fig
 
 
 def comparison_bars(table: pd.DataFrame, metric: str = "auc", by: str | Sequence[str] = "dataset"):
     """Baseline and InMerge means with standard deviations per group of
-    :func:`medsoup.chapters.inmerge.versus_baseline` (labelled by the ``by`` columns), the paired difference
-    written above each group."""
+    :func:`medsoup.chapters.inmerge.versus_baseline` (labelled by the ``by`` columns, one row each), as
+    horizontal bars so that long labels stay readable; the paired difference at the right of each group,
+    the legend under the plot."""
     rows = table[table["metric"] == metric].reset_index(drop=True)
     keys = (by,) if isinstance(by, str) else tuple(by)
-    fig, ax = figure(width=max(4.2, 1.3 * len(rows)))
-    x = np.arange(len(rows))
+    fig, ax = figure(width=6.4, height=0.75 * len(rows) + 1.6)
+    y = np.arange(len(rows))[::-1]
     colours = sns.color_palette("deep", 2)
-    for offset, arm, colour in ((-0.2, "reference", colours[0]), (0.2, "method", colours[1])):
-        ax.bar(x + offset, rows[f"{arm}_mean"], 0.4, yerr=rows[f"{arm}_std"].fillna(0), capsize=3, color=colour,
-               label="InMerge" if arm == "method" else "baseline")
+    for offset, arm, colour in ((0.2, "reference", colours[0]), (-0.2, "method", colours[1])):
+        ax.barh(y + offset, rows[f"{arm}_mean"], 0.4, xerr=rows[f"{arm}_std"].fillna(0), capsize=3, color=colour,
+                label="InMerge" if arm == "method" else "baseline")
     for k, r in rows.iterrows():
-        top = max(r["reference_mean"] + np.nan_to_num(r["reference_std"]), r["method_mean"] + np.nan_to_num(r["method_std"]))
-        ax.annotate(f"{r['difference']:+.3f}", (k, top), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
+        ax.annotate(f"{r['difference']:+.3f}", (1.01, y[k]), xycoords=("axes fraction", "data"), va="center",
+                    fontsize=10)
     low = np.nanmin(rows[["reference_mean", "method_mean"]].to_numpy()
                     - rows[["reference_std", "method_std"]].fillna(0).to_numpy())
-    ax.set_ylim(max(0.0, low - 0.05), None)
-    ax.set_xticks(x, ["\n".join(str(r[k]) for k in keys) for _, r in rows.iterrows()])
-    ax.set(ylabel=f"test {metric.upper()}", title=f"n = {rows['n'].max()} seeds")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(max(0.0, low - 0.05), None)
+    ax.set_yticks(y, [", ".join(str(r[k]) for k in keys) for _, r in rows.iterrows()], fontsize=10)
+    ax.set(xlabel=f"test {metric.upper()}", title=f"n = {rows['n'].max()} seeds; right: InMerge − baseline")
+    ax.grid(axis="y", visible=False)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=10, frameon=False)
     return fig
 
 

@@ -6,28 +6,34 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
-import seaborn as sns
 import torch
 
 from medsoup.figures import figure
 
 
 def weight_heatmap(rows: Mapping[str, Mapping[str, torch.Tensor]], title: str = "", b_label: str = "source b",
-                   c_label: str = "source c"):
-    """Mean learnt ``w`` of every convolution layer (columns, input to output) for each row label
-    (e.g. a target). ``w = 1`` takes the kernel from source b, ``w = 0`` from source c; kernels
-    with no defined ``w`` (NaN) are left out of the mean."""
+                   c_label: str = "source c", per_panel: int = 17):
+    """Mean learnt ``w`` of every convolution layer (columns, input to output, numbered from 1) for each
+    row label (e.g. a target). ``w = 1`` takes the kernel from source b, ``w = 0`` from source c; kernels
+    with no defined ``w`` (NaN) are left out of the mean. A network with more than ``per_panel`` layers is
+    wrapped into stacked panels of ``per_panel`` layers each, so the figure keeps a page's proportions."""
     labels = list(rows)
     layers = list(next(iter(rows.values())))
     means = np.array([[float(np.nanmean(rows[r][layer].float().numpy())) for layer in layers] for r in labels])
-    few = len(layers) <= 16  # numbers in the cells only while they fit (Lite0 has 49 convolutions)
-    fig, ax = figure(width=max(4.5, (0.75 if few else 0.22) * len(layers) + 2.5),
-                     height=max(2.4, 0.6 * len(labels) + 1.6))
-    sns.heatmap(means, ax=ax, vmin=0, vmax=1, center=0.5, cmap="coolwarm", annot=few, fmt=".2f",
-                xticklabels=[f"{i + 1}" if few or i % 4 == 0 else "" for i in range(len(layers))], yticklabels=labels,
-                cbar_kws={"label": f"mean w  (1: {b_label}, 0: {c_label})"})
-    ax.set(xlabel="convolution layer (input → output)", title=title)
-    ax.tick_params(axis="y", rotation=0)
+    starts = list(range(0, len(layers), per_panel))
+    fig, axes = figure(len(starts), 1, width=6.8, height=0.5 * len(labels) + 1.0, flat=True)
+    for ax, start in zip(axes, starts):
+        part = means[:, start:start + per_panel]
+        image = ax.imshow(part, vmin=0, vmax=1, cmap="coolwarm", aspect="auto")
+        for (i, j), value in np.ndenumerate(part):
+            if np.isfinite(value):
+                ax.annotate(f"{value:.2f}", (j, i), ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(part.shape[1]), [str(start + j + 1) for j in range(part.shape[1])], fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=9)
+        ax.grid(False)
+    axes[0].set_title(title)
+    axes[-1].set_xlabel("convolution layer (input → output)")
+    fig.colorbar(image, ax=list(axes), label=f"mean w  (1: {b_label}, 0: {c_label})", shrink=0.9)
     return fig
 
 
