@@ -69,3 +69,16 @@ def test_compute_metrics_reports_calibration_without_changing_selection():
     assert {"ece", "nll", "brier"} <= set(metrics) and not {"ece", "nll", "brier"} & set(METRICS)
     assert metrics["nll"] == pytest.approx(float(F.cross_entropy(logits, targets)), rel=1e-6)
     assert metrics == probability_metrics("binary", targets, torch.softmax(logits, 1))
+
+
+def test_reliability_diagram_pools_the_seeds_per_method():
+    from medsoup.figures.fissionfusion import reliability_diagram
+
+    pairs = [(PROBS, TARGETS), (PROBS[::-1].copy(), TARGETS[::-1].copy())]
+    fig = reliability_diagram({"retinamnist": {"A": pairs, "B": pairs[:1]}, "pneumoniamnist": {"A": pairs}})
+    ax = fig.axes[0]
+    a = ax.lines[0]
+    assert len(fig.axes) == 2 and a.get_label() == "A" and ax.lines[-1].get_label() == "perfect calibration"
+    assert list(a.get_xdata()) == pytest.approx([0.65, 0.7, 0.85, 0.9])  # each bin's mean confidence
+    assert list(a.get_ydata()) == [0, 1, 1, 1]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["A", "B", "perfect calibration"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from medsoup.chapters import comparison as cmp
@@ -48,7 +49,8 @@ def _results():
 
 def test_long_rows_keeps_each_chapters_compared_rows():
     rows = cmp.long_rows(_results())
-    assert list(rows.columns) == ["chapter", "method", "role", "dataset", "seed", "acc", "auc", "f1"]
+    assert list(rows.columns) == ["chapter", "method", "role", "dataset", "seed", "acc", "auc", "f1", "ece", "nll",
+                                  "brier"]
     assert set(rows["chapter"]) == {"InMerge", "FissionFusion", "MedMerge"}
     ff_rows = rows[rows["chapter"] == "FissionFusion"]
     assert set(ff_rows["method"]) == {"GS(best)", "Greedy soup", "GoG"} and len(ff_rows) == 6  # BN recomputed only
@@ -133,3 +135,20 @@ def test_the_comparison_notebook_checks_its_metric_where_it_resolves_its_setting
     source = next("".join(c["source"]) for c in cells if "settings(COMPARISON" in "".join(c["source"]))
     with pytest.raises(ValueError, match="unknown metric 'AUC'; valid: paper, acc, auc, f1"):
         exec(source, {"profile": "cpu", "metric": "AUC"})
+
+
+def test_calibration_compares_the_ensembles_and_swa_rows_as_costs():
+    ff_rows = []
+    for seed in range(5):  # GoG better calibrated than the FGG ensemble on every seed, SWA alike
+        results = {m: soups.MethodResult({}, {}, {**_metrics(0.6), "ece": e + seed / 1000, "nll": 0.5, "brier": 0.3},
+                                         0, 1) for m, e in (("GoG", 0.05), ("FGG ensemble", 0.1), ("SWA", 0.05))}
+        ff_rows += soups.long_rows("retinamnist", seed, True, results)
+    rows = cmp.long_rows({"FissionFusion": {"profile": "cpu", "settings": {}, "rows": ff_rows}})
+    assert set(rows["method"]) == {"GoG", "FGG ensemble", "SWA"}
+    table = cmp.compare_calibration(rows).set_index(["reference", "metric"])
+    assert table.loc[("FGG ensemble", "ece"), "outcome"] == "better"  # lower ECE is better
+    assert table.loc[("SWA", "ece"), "difference"] == pytest.approx(0)
+    assert set(table["family_name"]) == {cmp.CALIBRATION_FAMILY} and len(table) == 2 * 3
+    summary = cmp.calibration(pd.concat([rows, cmp.long_rows(_results())]))  # rows without calibration left out
+    assert set(summary["method"]) == {"GoG", "FGG ensemble", "SWA"} and summary["ece"].str.endswith("(n=5)").all()
+    assert len(cmp.compare(rows)) == 2  # GoG against the FGG ensemble and SWA in the paper's metric

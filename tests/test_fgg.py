@@ -90,6 +90,11 @@ def test_zoo_configs_follow_the_paper_recipe():
         assert run_.callbacks == (("cycle_snapshots", {"cycle_epochs": s["fgg_cycle_epochs"]}),)
         assert t.epochs == math.ceil((s["fgg_snapshots"] - 0.5) * s["fgg_cycle_epochs"])
     assert ff.pretrain_run(settings(FISSIONFUSION, "paper"), "retinamnist") == "imagenet"
+    swa = ff.swa_run(s, "retinamnist", 1)  # from theta_0 at a grid model's budget, the average kept
+    t, (lr, swa_lr) = swa.train, s["swa_lrs"]
+    assert swa.init == warm and t.epochs == s["epochs"] and not t.restore_best and t.augment == s["fgg_augment"]
+    assert (t.schedule, t.lr, t.milestones, t.gamma) == ("multistep", lr, (s["swa_start"],), pytest.approx(swa_lr / lr))
+    assert swa.callbacks == (("swa", {"start": s["swa_start"]}),)
 
 
 def test_every_profile_starts_from_imagenet_and_names_known_methods():
@@ -98,7 +103,7 @@ def test_every_profile_starts_from_imagenet_and_names_known_methods():
         assert ff.pretrain_run(s, s["datasets"][0]) == "imagenet"
         assert set(s["averaged_methods"]) <= set(s["methods"]) <= set(soups.SOUPS)
         assert set(s["lmc_bn"]) <= {"averaged", "recomputed"} and 0 < s["lmc_seeds"] <= len(s["seeds"])
-    assert settings(FISSIONFUSION, "paper")["methods"] == soups.METHODS + soups.ABLATION
+    assert settings(FISSIONFUSION, "paper")["methods"] == soups.METHODS + soups.ABLATION + tuple(soups.REFERENCES)
     cpu = settings(FISSIONFUSION, "cpu")
     assert len(cpu["seeds"]) >= 5 and {"retinamnist", "pneumoniamnist"} <= set(cpu["datasets"])
     assert {"GoG", "FGG+Greedy", "Greedy soup", "GS(best)"} <= set(cpu["methods"])

@@ -9,9 +9,11 @@ import torch
 from medsoup.chapters import fissionfusion as ff, fissionfusion_soups as soups
 from medsoup.chapters import tables
 from medsoup.chapters.fissionfusion import FISSIONFUSION
+from medsoup.chapters.fissionfusion_ensembles import ensembles
 from medsoup.core.bn import evaluate_state, train_images
 from medsoup.core.corruptions import corrupted
 from medsoup.core.data import load_dataset
+from medsoup.core.metrics import probability_metrics
 from medsoup.core.models import create_model
 from medsoup.figures.fissionfusion import curve_band, lmc_bands
 from medsoup.merging.landscape import LMCCurve
@@ -136,6 +138,15 @@ def test_pipeline_on_a_tiny_zoo():
     stored = soups.soup_methods(zoo, data, "auc", methods=("GoG",))
     plain = soups.ood_metrics(model, stored, data, ("gaussian_noise",), 3)
     assert _same(plain["GoG"]["gaussian_noise"], evaluate_state(model, stored["GoG"].state, shifted, "test"))
+    # each method's per-image test predictions give its test metrics; SWA is the zoo's SWA run; the ensembles
+    for name, result in results.items():
+        probs, targets = result.predictions
+        assert _same(probability_metrics(data.task, targets, probs), {k: v for k, v in result.test.items() if k != "loss"})
+    swa = soups.soup_methods(zoo, data, "auc", methods=("SWA",))["SWA"]
+    assert swa.ingredients == 1 and all(torch.equal(v, zoo.swa.load_state()[k]) for k, v in swa.state.items())
+    assert swa.test == pytest.approx(zoo.swa.test, rel=1e-4)  # stored BN: the run's (CPU evaluation layout aside)
+    members = ensembles(zoo, data.task)
+    assert members["GS ensemble"].ingredients == 1 and members["FGG ensemble"].ingredients == 1 + s["fgg_snapshots"]
 
 
 def _same(a: dict, b: dict) -> bool:

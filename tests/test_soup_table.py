@@ -22,8 +22,8 @@ def _score(calls):
 def test_methods_and_ablation_are_the_tables_keys_and_name_known_pools():
     assert soups.METHODS == ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)", "GoU", "GoG")
     assert soups.ABLATION == ("GS+HS(GoU)", "GS+HS(GoG)", "FGG+Uniform", "FGG+Greedy")
-    assert tuple(soups.SOUPS) == soups.METHODS + soups.ABLATION
-    assert {pool for pool, _ in soups.SOUPS.values()} == {"grid", "fgg", "grid by lr", "fgg groups"}
+    assert tuple(soups.SOUPS) == soups.METHODS + soups.ABLATION + ("SWA",)
+    assert {pool for pool, _ in soups.SOUPS.values()} == {"grid", "fgg", "grid by lr", "fgg groups", "swa"}
     with pytest.raises(ValueError, match="unknown method.*'Best soup'.*valid: GS\\(best\\)"):
         soups.soup_methods(None, None, "auc", methods=("Best soup",))
 

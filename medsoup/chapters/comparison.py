@@ -7,6 +7,9 @@ methods), and :func:`compare` pairs each method with every baseline of its chapt
 over the same seeds, on each chapter's own datasets, in each paper's own metric
 (:data:`PAPER_METRICS`) or one metric for all, with one Benjamini-Hochberg family over every
 comparison on the page (:data:`FAMILY`, named in its sentences). :func:`common_grid` says which datasets and seeds every chapter ran.
+:func:`calibration` and :func:`compare_calibration` do the same for the rows' ECE, NLL and Brier score
+(:mod:`medsoup.core.calibration`; lower is better), a family of their own (:data:`CALIBRATION_FAMILY`).
+FissionFusion's rows include its zoos' output ensembles and SWA, as baselines of its methods.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ import pandas as pd
 from medsoup.chapters.fissionfusion import METRIC as FISSIONFUSION_METRIC
 from medsoup.chapters.inmerge import BASELINE as INMERGE_BASELINE
 from medsoup.chapters.inmerge import paper_setting
+from medsoup.chapters import tables
 from medsoup.chapters.tables import MetricSpec, judged_over, paired, summary_table
 from medsoup.core.metrics import METRICS
-from medsoup.runs.results import ROW_KEYS, load_results
+from medsoup.runs.results import RESULTS_DIR, ROW_KEYS, load_results
 
 #: Chapter name -> the notebook stem whose results file it reads.
 CHAPTERS = {"InMerge": "10_inmerge", "FissionFusion": "20_fissionfusion", "MedMerge": "30_medmerge"}
 #: The metrics every chapter reports (recall is not recorded by all of them).
 COMPARED_METRICS = tuple(m for m in METRICS if m != "recall")
+#: The calibration of every row (lower is better), where its chapter's results file records it.
+CALIBRATION = ("ece", "nll", "brier")
 #: The metric each paper reports its comparison in: InMerge's Table 2 accuracy, FissionFusion's F1 on APTOS
 #: and RSNA Pneumonia (AUC on BreastMNIST, as its chapter), MedMerge's macro F1 (Table 1).
 PAPER_METRICS: dict[str, MetricSpec] = {"InMerge": "acc", "FissionFusion": FISSIONFUSION_METRIC, "MedMerge": "f1"}
@@ -33,7 +39,8 @@ PAPER_METRICS: dict[str, MetricSpec] = {"InMerge": "acc", "FissionFusion": FISSI
 COMPARISON = {profile: {"metric": "paper"} for profile in ("smoke", "cpu", "gpu", "paper")}
 #: The valid values of the page's settings (``settings(COMPARISON, profile, choices=CHOICES, ...)``).
 CHOICES = {"metric": ("paper", *COMPARED_METRICS)}
-_FISSIONFUSION_BASELINES = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)")
+_FISSIONFUSION_BASELINES = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)", "GS ensemble", "FGG ensemble",
+                            "SWA")
 _FISSIONFUSION_METHODS = (*_FISSIONFUSION_BASELINES, "GoU", "GoG")
 _MEDMERGE_BASELINES = ("FT (source b)", "LP-FT (source b)", "FT (source c)", "LP-FT (source c)")
 
@@ -56,18 +63,31 @@ def chapter_metric(chapter: str, metric: str) -> MetricSpec:
 
 #: The family the comparison page adjusts over (a chapter's own page adjusts over its own table).
 FAMILY = "the comparison page (each method against its paper's baselines, every chapter at once)"
+#: The family of the page's calibration comparisons.
+CALIBRATION_FAMILY = "the comparison page's calibration (ECE, NLL, Brier; each method against its paper's baselines)"
 
 
 def compare(rows: pd.DataFrame, metric: str = "paper") -> pd.DataFrame:
     """:func:`~medsoup.chapters.tables.paired` of every pair of :data:`PAIRS` per chapter and dataset, in
     :func:`chapter_metric`, judged as one family, :data:`FAMILY`, over every comparison of the page
     (:func:`~medsoup.chapters.tables.judged_over`): its adjusted p-values differ from the chapters' own."""
-    tables = [paired(rows[rows["chapter"] == chapter], pairs, chapter_metric(chapter, metric), by=("chapter", "dataset"))
-              for chapter, pairs in PAIRS.items() if (rows["chapter"] == chapter).any()]
-    found = [t for t in tables if len(t)]
+    return _compare(rows, {chapter: chapter_metric(chapter, metric) for chapter in PAIRS}, FAMILY, True)
+
+
+def compare_calibration(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`compare` in each of :data:`CALIBRATION`, judged as costs (lower is better), over the rows
+    that record it, as one family of its own (:data:`CALIBRATION_FAMILY`)."""
+    return _compare(rows.dropna(subset=list(CALIBRATION)), dict.fromkeys(PAIRS, CALIBRATION), CALIBRATION_FAMILY,
+                    False)
+
+
+def _compare(rows: pd.DataFrame, metrics: dict, family: str, higher_is_better: bool) -> pd.DataFrame:
+    found = [t for chapter, pairs in PAIRS.items() if (rows["chapter"] == chapter).any()
+             for t in [paired(rows[rows["chapter"] == chapter], pairs, metrics[chapter], by=("chapter", "dataset"),
+                              higher_is_better=higher_is_better)] if len(t)]
     if not found:  # the empty table, with its columns
-        return paired(rows.iloc[:0], (), "acc", by=("chapter", "dataset"), family=FAMILY)
-    return judged_over(pd.concat(found, ignore_index=True), FAMILY)
+        return paired(rows.iloc[:0], (), "acc", by=("chapter", "dataset"), family=family)
+    return judged_over(pd.concat(found, ignore_index=True), family, higher_is_better)
 
 
 def summary(rows: pd.DataFrame, metric: str = "paper") -> pd.DataFrame:
@@ -86,17 +106,24 @@ def summary(rows: pd.DataFrame, metric: str = "paper") -> pd.DataFrame:
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
-def chapter_results(profile: str, root: str | Path = "results") -> dict[str, dict | None]:
+def calibration(rows: pd.DataFrame) -> pd.DataFrame:
+    """``mean ± std (n)`` of :data:`CALIBRATION` per chapter, dataset and method, over the rows that
+    record it."""
+    return tables.summary(rows.dropna(subset=list(CALIBRATION)), CALIBRATION, by=("chapter", "dataset", "method"))
+
+
+def chapter_results(profile: str, root: str | Path = RESULTS_DIR) -> dict[str, dict | None]:
     """Each chapter's reference results record for ``profile``, or None where the file does not exist."""
     return load_results(profile, CHAPTERS, root)
 
 
 def long_rows(results: dict[str, dict | None]) -> pd.DataFrame:
-    """One row per (chapter, method, dataset, seed) with test ACC, AUC and F1.
+    """One row per (chapter, method, dataset, seed) with test ACC, AUC and F1 and :data:`CALIBRATION`
+    (NaN where a chapter's results file predates it).
 
     InMerge: the paper's setting, the merged run and its baseline (the same epochs without
-    merging). FissionFusion: Table 1's methods with BatchNorm statistics recomputed (its chapter's
-    primary analysis). MedMerge: FT and LP-FT from each of the target's two sources and MedMerge.
+    merging). FissionFusion: Table 1's methods, its zoos' output ensembles and SWA, with BatchNorm
+    statistics recomputed (its chapter's primary analysis; an ensemble's members as trained). MedMerge: FT and LP-FT from each of the target's two sources and MedMerge.
     """
     frames = []
     inmerge = results.get("InMerge")
@@ -110,7 +137,7 @@ def long_rows(results: dict[str, dict | None]) -> pd.DataFrame:
     mm = results.get("MedMerge")
     if mm:
         frames.append(pd.DataFrame(mm["rows"]))
-    columns = [*ROW_KEYS, *COMPARED_METRICS]
+    columns = [*ROW_KEYS, *COMPARED_METRICS, *CALIBRATION]
     frames = [f.reindex(columns=columns) for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
@@ -139,8 +166,9 @@ def cost_table(results: dict[str, dict | None]) -> pd.DataFrame:
     ff = results.get("FissionFusion")
     if ff and ff.get("compute"):
         compute = pd.DataFrame(ff["compute"]).T
-        for zoo, methods in (("GS", ("GS(best)", "Greedy soup")), ("FGG", ("GoU", "GoG"))):
-            for m in methods:
+        for zoo, methods in (("GS", ("GS(best)", "Greedy soup", "GS ensemble")),
+                             ("FGG", ("GoU", "GoG", "FGG ensemble")), ("SWA", ("SWA",))):
+            for m in methods if f"{zoo} epochs" in compute else ():
                 rows.append({"chapter": "FissionFusion", "method": m, "epochs": float(compute[f"{zoo} epochs"].mean()),
                              "models trained": float(compute[f"{zoo} models"].mean()),
                              "wall time (s)": float(compute[f"{zoo} wall_time"].mean()),

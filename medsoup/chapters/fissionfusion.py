@@ -1,5 +1,6 @@
 """The FissionFusion chapter's protocol: its settings per profile, the runs of one zoo (warm-up, grid
-search, FGG), the comparisons behind its verdicts and notebook 21's interpolation pairs.
+search, FGG, and SWA at a grid model's budget), the comparisons behind its verdicts and notebook 21's
+interpolation pairs.
 
 One call per (dataset, seed): :func:`generate_zoo` (cached, resumable runs through
 :mod:`medsoup.runs.store`, any executor); then :func:`medsoup.chapters.fissionfusion_soups.soup_methods`
@@ -16,6 +17,7 @@ import torch
 from medsoup.chapters.tables import row
 from medsoup.core.train import TrainConfig
 from medsoup.merging.fgg import fgg_epochs
+from medsoup.merging.swa import swa_schedule
 from medsoup.runs.profiles import CPU_DATASETS
 from medsoup.runs.store import RunConfig, RunResult, run, run_many
 
@@ -30,17 +32,21 @@ SOURCE = {"breastmnist": "pneumoniamnist", "retinamnist": "pneumoniamnist", "pne
 
 #: The corruptions (:mod:`medsoup.core.corruptions`) evaluated at the paper profile.
 _CORRUPTIONS = ("gaussian_noise", "speckle_noise", "gaussian_blur", "brightness_down", "contrast_down", "pixelate")
-#: Every method of Table 1, then the appendix ablation's (the names of
-#: :data:`medsoup.chapters.fissionfusion_soups.TABLE1` and :data:`~medsoup.chapters.fissionfusion_soups.APPENDIX_A1`).
+#: Every method of Table 1, then the appendix ablation's, then SWA (the names of
+#: :data:`medsoup.chapters.fissionfusion_soups.TABLE1`, :data:`~medsoup.chapters.fissionfusion_soups.APPENDIX_A1`
+#: and :data:`~medsoup.chapters.fissionfusion_soups.REFERENCES`).
 _ALL_METHODS = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)", "GoU", "GoG",
-                "GS+HS(GoU)", "GS+HS(GoG)", "FGG+Uniform", "FGG+Greedy")
+                "GS+HS(GoU)", "GS+HS(GoG)", "FGG+Uniform", "FGG+Greedy", "SWA")
 
 #: The paper's settings (Sanjeev et al., Sec. 3, and its public code): an ImageNet ResNet-50 at 224 px, a
 #: 10-epoch linear-probe warm-up, a grid of 8 learning rates x 3 augmentations x 2 seeds fine-tuned for 50
 #: epochs (AdamW, cosine, batch 128), FGG from one base model per learning rate (heavy augmentation, one seed)
 #: with 5 snapshots, 4 epochs per cycle, alpha_1 = 1e-5, alpha_2 = 1e-8. The paper trains FGG for 17 epochs,
 #: which at 4 epochs per cycle hold only 4 cycle minima (epochs 2, 6, 10, 14; the fifth ends epoch 18), so
-#: this profile trains ``fgg_epochs(5, 4.0)`` = 18, a departure listed in notebook 20. Datasets: RetinaMNIST
+#: this profile trains ``fgg_epochs(5, 4.0)`` = 18, a departure listed in notebook 20. SWA (not in the paper: the
+#: cheapest weight average along one trajectory, at a grid model's budget of ``epochs``) trains at ``swa_lrs[0]``
+#: for the first ``swa_start`` of its steps, then averages every iterate at the constant ``swa_lrs[1]``
+#: (Izmailov et al.'s schedule without annealing). Datasets: RetinaMNIST
 #: for APTOS, PneumoniaMNIST for RSNA Pneumonia, and BreastMNIST (:data:`METRIC`), at 224 px.
 #: Analysis: ``methods`` are souped with BatchNorm statistics recomputed (the primary analysis),
 #: ``averaged_methods`` also with the averaged statistics the paper's code keeps; ``lmc_seeds`` zoo seeds and
@@ -51,7 +57,8 @@ _PAPER: dict[str, Any] = dict(
     source_subset=None, pretrain_epochs=0, lp_epochs=10, lp_lr=1e-3, epochs=50,
     lrs=(1e-3, 5e-4, 1e-4, 5e-5, 1e-5, 5e-6, 1e-6, 1e-7), augments=("minimal", "medium", "heavy"), batch_size=128,
     weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=5, fgg_cycle_epochs=4.0, fgg_lr_max=1e-5,
-    fgg_lr_min=1e-8, corruptions=_CORRUPTIONS, severity=3, grid_points=21, lmc_points=21, bn_images=None,
+    fgg_lr_min=1e-8, swa_start=0.75, swa_lrs=(1e-4, 1e-5),
+    corruptions=_CORRUPTIONS, severity=3, grid_points=21, lmc_points=21, bn_images=None,
     methods=_ALL_METHODS, averaged_methods=_ALL_METHODS, lmc_seeds=3, lmc_bn=("averaged", "recomputed"),
     landscape_datasets=CPU_DATASETS)
 
@@ -76,11 +83,13 @@ _CPU: dict[str, Any] = dict(
     fgg_cycle_epochs=0.5,  # half-epoch (4-step) cycles; 4 snapshots at 1-epoch cycles would cost 4 epochs per base
     fgg_lr_max=1e-4,  # alpha_1 at the grid's smallest rate (paper: 1e-5 below its mid-grid rates), see notebook 20
     fgg_lr_min=1e-6,  # alpha_2 = alpha_1 / 100 (paper: / 1000); the minimum is 2 steps from the maximum anyway
+    swa_start=0.5,  # SWA averages the second of its 2 epochs (7 iterates) instead of the last quarter
+    swa_lrs=(3e-4, 1e-4),  # the grid's middle rate, then its smallest (FGG's alpha_1) while averaging
     corruptions=("gaussian_noise",),  # one corruption: each costs a test pass per method and zoo (~45 s in all)
     grid_points=9,  # a 9 x 9 plane and slice instead of 21 x 21: each point is a BN recompute and a val pass
     lmc_points=11,  # 11-point LMC curves instead of 21
     bn_images=256,  # BatchNorm recomputed on 256 of the 400 training images per evaluation (~100 s less)
-    methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy"),  # GS+HS dropped: one grid seed leaves 2 models per lr
+    methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy", "SWA"),  # GS+HS dropped: one grid seed leaves 2 per lr
     averaged_methods=("Greedy soup", "GoG"),  # averaged BN re-checked on the comparison it used to decide
     lmc_bn=("recomputed",),  # LMC with BN recomputed only: averaged-BN curves would cost ~90 s more
     landscape_datasets=("retinamnist",),  # plane and slice on RetinaMNIST only: its 120 val images are cheap
@@ -106,7 +115,7 @@ _GPU: dict[str, Any] = dict(
     corruptions=_CORRUPTIONS,  # every corruption of the paper profile
     grid_points=11,
     bn_images=512,
-    averaged_methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy"),  # the averaged-BN re-check for every method
+    averaged_methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy", "SWA"),  # the averaged-BN re-check for all
 )
 
 #: Continuous integration: each code path of notebooks 20 and 21 in a minute or two; its numbers mean nothing.
@@ -195,9 +204,20 @@ def fgg_runs(s: dict, dataset: str, seed: int) -> list[RunConfig]:
     return [fgg_run(s, base) for base in base_runs(s, dataset, seed)]
 
 
+def swa_run(s: dict, dataset: str, seed: int) -> RunConfig:
+    """SWA from theta_0 at a grid model's budget (``epochs``, ``fgg_augment``, the zoo's first grid seed):
+    ``swa_lrs[0]`` for the first ``swa_start`` of the steps, then the constant ``swa_lrs[1]`` while
+    :class:`~medsoup.merging.swa.SWA` averages every iterate; its final model is the average with
+    BatchNorm recomputed (no best-epoch restore)."""
+    warmup = warmup_run(s, dataset, seed)
+    train = _train(s, dataset, augment=s["fgg_augment"], seed=seed * s["grid_seeds"], restore_best=False,
+                   **swa_schedule(*s["swa_lrs"], s["swa_start"]))
+    return warmup.replace(init=warmup, train=train, callbacks=(("swa", {"start": s["swa_start"]}),))
+
+
 @dataclass
 class Zoo:
-    """The grid-search models, FGG's base models (one per learning rate) and FGG's runs."""
+    """The grid-search models, FGG's base models (one per learning rate), FGG's runs and the SWA run."""
 
     dataset: str
     seed: int
@@ -206,6 +226,7 @@ class Zoo:
     grid: list[RunResult]
     base: list[RunResult]
     fission: list[RunResult]
+    swa: RunResult
 
     def grid_groups(self) -> list[list[RunResult]]:
         """Grid-search runs grouped by learning rate (GS+HS in the ablation)."""
@@ -248,7 +269,8 @@ class Zoo:
         return {"GS": total(self.grid),
                 "FGG": {"models": base["models"] + sum(len(f.artifacts) for f in self.fission),
                         "epochs": base["epochs"] + fission["epochs"],
-                        "wall_time": base["wall_time"] + fission["wall_time"]}}
+                        "wall_time": base["wall_time"] + fission["wall_time"]},
+                "SWA": total([self.swa])}
 
 
 def _label(train: Mapping[str, Any]) -> str:
@@ -261,8 +283,8 @@ def generate_zoo(s: dict, dataset: str, seed: int, executor=None, progress: bool
     run(warmup_run(s, dataset, seed), progress=progress)
     grid = run_many(grid_runs(s, dataset, seed), executor, progress=progress)
     base = run_many(base_runs(s, dataset, seed), executor, progress=progress)
-    fission = run_many(fgg_runs(s, dataset, seed), executor, progress=progress)
-    return Zoo(dataset, seed, tuple(s["lrs"]), s["grid_seeds"], grid, base, fission)
+    *fission, swa = run_many([*fgg_runs(s, dataset, seed), swa_run(s, dataset, seed)], executor, progress=progress)
+    return Zoo(dataset, seed, tuple(s["lrs"]), s["grid_seeds"], grid, base, fission, swa)
 
 
 #: The paired comparisons behind the chapter's verdicts: each soup against the greedy soup of the grid
@@ -270,11 +292,16 @@ def generate_zoo(s: dict, dataset: str, seed: int, executor=None, progress: bool
 CLAIMS = (("Uniform soup", "Greedy soup"), ("GoU", "Greedy soup"), ("GoG", "Greedy soup"),
           ("FGG+Greedy", "Greedy soup"), ("Greedy soup", "GS(best)"), ("FGG(best)", "GS(best)"),
           ("GoU", "GS(best)"), ("GoG", "GS(best)"))
+#: What merging is measured against beyond the paper: each zoo's soups against the output ensemble of the
+#: same models (how much of the ensemble's gain a soup keeps), and SWA, one trajectory averaged at a grid
+#: model's budget, against the best grid model and against FGG's hierarchical soups.
+REFERENCE_CLAIMS = (("Greedy soup", "GS ensemble"), ("GoU", "FGG ensemble"), ("GoG", "FGG ensemble"),
+                    ("SWA", "GS(best)"), ("GoU", "SWA"), ("GoG", "SWA"))
 
 
-def claims(methods) -> list[tuple[str, str]]:
-    """The pairs of :data:`CLAIMS` whose both sides are among ``methods``."""
-    return [(a, b) for a, b in CLAIMS if a in methods and b in methods]
+def claims(methods, pairs=CLAIMS) -> list[tuple[str, str]]:
+    """The pairs of ``pairs`` (:data:`CLAIMS`, :data:`REFERENCE_CLAIMS`) whose both sides are among ``methods``."""
+    return [(a, b) for a, b in pairs if a in methods and b in methods]
 
 
 def bn_pairs(methods) -> list[tuple[dict, dict]]:

@@ -1,5 +1,7 @@
-"""FissionFusion's Table 1 over one zoo: every soup of the table and its appendix ablation, each
-method's validation and test metrics, on clean and corrupted test sets, and their long rows.
+"""FissionFusion's Table 1 over one zoo: every soup of the table and its appendix ablation, SWA, each
+method's validation and test metrics (calibration included) and per-image test predictions, on clean and
+corrupted test sets, and their long rows (the zoo's output ensembles are in
+:mod:`medsoup.chapters.fissionfusion_ensembles`).
 
 :func:`soup_methods` builds each method's soup from the pools of a :class:`~medsoup.chapters.fissionfusion.Zoo`
 (dispatched by the :data:`SOUPS` table) and evaluates it; :func:`ood_metrics` evaluates those soups on
@@ -22,7 +24,9 @@ from medsoup.chapters.tables import row, scalars
 from medsoup.core.bn import StateEvaluator, bn_statistics, train_images
 from medsoup.core.corruptions import corrupted
 from medsoup.core.data import MedData
+from medsoup.core.metrics import compute_metrics, probabilities
 from medsoup.core.progress import progress
+from medsoup.core.train import NonFiniteLossError, loss_fn, predict
 from medsoup.merging.soups import ScoreFn, greedy_soup, hierarchical_soup, uniform_soup
 
 
@@ -31,7 +35,9 @@ class MethodResult:
     """One method's soup ``state``, its metrics, evaluations and ingredients; ``statistics``: its
     recomputed BatchNorm buffers when :func:`soup_methods` recalibrated (reused by :func:`ood_metrics`);
     ``weights``: each ingredient's name (:meth:`Zoo.grid_labels`, :meth:`Zoo.fgg_labels`) and its weight
-    in the soup (the weights sum to 1)."""
+    in the soup (the weights sum to 1); ``predictions``: per-image test ``(probabilities, targets)``
+    (softmax, or sigmoid scores for multi-label). An output ensemble has no ``state`` (empty) and no
+    validation metrics."""
 
     state: dict[str, torch.Tensor]
     val: dict
@@ -40,6 +46,7 @@ class MethodResult:
     ingredients: int
     statistics: dict[str, torch.Tensor] | None = None
     weights: dict[str, float] = field(default_factory=dict)
+    predictions: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -120,15 +127,30 @@ APPENDIX_A1: dict[str, tuple[str, Soup]] = {
     "FGG+Uniform": ("fgg", uniform_of),
     "FGG+Greedy": ("fgg", greedy_of),
 }
-SOUPS = {**TABLE1, **APPENDIX_A1}
+#: Beyond the paper: SWA's final model (the pool "swa": the zoo's SWA run), evaluated as a single model.
+REFERENCES: dict[str, tuple[str, Soup]] = {"SWA": ("swa", best_of)}
+SOUPS = {**TABLE1, **APPENDIX_A1, **REFERENCES}
 #: Table 1's rows, then the appendix ablation's.
 METHODS = tuple(TABLE1)
 ABLATION = tuple(APPENDIX_A1)
 
 
+def evaluate_on_test(evaluator: StateEvaluator, state: dict[str, torch.Tensor], data: MedData
+                     ) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """The test metrics of ``state`` (those of :func:`~medsoup.core.train.evaluate`) and its per-image
+    test ``(probabilities, targets)``, from one pass of the evaluator's model."""
+    logits, targets = predict(evaluator.load(state), data, "test", **evaluator.options)
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLossError(f"a soup's outputs on the test split are not finite "
+                                 f"({int((~torch.isfinite(logits)).sum())} of {logits.numel()} values)")
+    metrics = {**compute_metrics(data.task, targets, logits), "loss": float(loss_fn(data, logits, targets))}
+    return metrics, (probabilities(logits, data.task), targets)
+
+
 def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False,
                  methods: tuple[str, ...] = METHODS + ABLATION, bn_images: int | None = None) -> dict[str, MethodResult]:
-    """Every method of Table 1 and the ablation (:data:`SOUPS`), selected on validation ``metric``.
+    """Every method of Table 1, the ablation and SWA (:data:`SOUPS`), selected on validation ``metric``,
+    with its test metrics and per-image test predictions (:func:`evaluate_on_test`).
 
     ``recalibrate``: every state evaluated (candidates, soups, single models) first gets its BatchNorm
     statistics recomputed on (at most ``bn_images`` of) the clean training images; otherwise it
@@ -158,7 +180,8 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
              "grid by lr": Pool([[grid_states[i] for i in g] for g in by_lr],
                                 [[grid_scores[i] for i in g] for g in by_lr],
                                 [[grid_labels[i] for i in g] for g in by_lr], scoring=grid_evaluations),
-             "fgg groups": Pool(groups, group_scores, fgg_labels, upfront=snapshot_evaluations)}
+             "fgg groups": Pool(groups, group_scores, fgg_labels, upfront=snapshot_evaluations),
+             "swa": Pool([zoo.swa.load_state()], [zoo.swa.val[metric]], [_label_swa(zoo.swa.config["train"])])}
     out: dict[str, MethodResult] = {}
     bar = progress(methods, desc=f"soups ({'BN recalibrated' if recalibrate else 'stored BN'})")
     for name in bar:
@@ -166,10 +189,14 @@ def soup_methods(zoo: Zoo, data: MedData, metric: str, recalibrate: bool = False
         pool, soup = SOUPS[name]
         state, evaluations, weights = soup(pools[pool], score)
         val = evaluator.metrics(state, "val")  # remembered when the soup scored this very state
-        test = evaluator.metrics(state, "test")  # the state stays loaded (and recalibrated) from val
+        test, predictions = evaluate_on_test(evaluator, state, data)  # still loaded (and recalibrated) from val
         statistics = bn_statistics(evaluator.load(state)) if recalibrate else None  # loaded unless both were known
-        out[name] = MethodResult(state, val, test, evaluations, len(weights), statistics, weights)
+        out[name] = MethodResult(state, val, test, evaluations, len(weights), statistics, weights, predictions)
     return out
+
+
+def _label_swa(train: dict) -> str:
+    return f"SWA lr {train['lr']:g} then {train['lr'] * train['gamma']:g}, {train['augment']}, seed {train['seed']}"
 
 
 def ood_metrics(model, results: dict[str, MethodResult], data: MedData, corruptions: tuple[str, ...],
