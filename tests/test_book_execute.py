@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from medsoup.book import execute
+from tests.conftest import ROOT
 from tests.test_book_reference import project  # noqa: F401  (the tiny book root fixture)
 
 
@@ -65,3 +66,15 @@ def test_a_bad_thread_count_is_refused_before_anything_runs(project, monkeypatch
     monkeypatch.setenv(execute.THREADS_ENV, threads)
     with pytest.raises(ValueError, match=rf"\$MEDSOUP_THREADS={threads!r} is not a number of threads"):
         execute.execute_notebooks("smoke", out_dir=project / execute.EXECUTED_DIR)
+
+
+@pytest.mark.slow
+def test_the_reproducibility_page_runs_in_a_kernel_started_in_notebooks(tmp_path):
+    """As JupyterLab runs it (working directory ``notebooks/``): the pins, the committed timings."""
+    import papermill
+
+    papermill.execute_notebook(str(ROOT / "notebooks" / "90_reproducibility.ipynb"), str(tmp_path / "90.ipynb"),
+                               parameters={"profile": "cpu"}, cwd=str(ROOT / "notebooks"), progress_bar=False)
+    text = (tmp_path / "90.ipynb").read_text()
+    assert "constraints.txt" in text and "00_quickstart" in text
+    assert not (ROOT / "notebooks" / "results").exists()

@@ -87,3 +87,33 @@ def test_the_book_runner_marks_its_executions_as_reference_runs(monkeypatch, tmp
     monkeypatch.delenv(results.REFERENCE_ENV, raising=False)
     execute.execute_notebooks("smoke", only=["90_reproducibility"], out_dir=tmp_path, force=True)
     assert seen == ["1"] and results.REFERENCE_ENV not in __import__("os").environ
+
+
+def test_every_folder_comes_from_the_project_root_in_a_kernel_started_in_notebooks():
+    """What JupyterLab's kernel (working directory ``notebooks/``) reads and writes is the project's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = """if True:
+        import json
+        from medsoup.chapters import comparison, reproducibility
+        from medsoup.core import data
+        from medsoup.runs import results, storage
+        print(json.dumps({
+            "folders": [str(results.RESULTS_DIR), str(data.DEFAULT_ROOT), str(storage.DEFAULT_CACHE)],
+            "tmp": str(results.results_path("00_quickstart", {"profile": "cpu", "overrides": {"seed": 1}})),
+            "chapters": sorted(k for k, v in comparison.chapter_results("cpu").items() if v is not None),
+            "timed": sorted(reproducibility.timings("cpu")["notebook"]),
+            "torch pin": reproducibility.versions_table().loc["torch", "pinned in constraints.txt"]}))
+    """
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "notebooks", capture_output=True, text=True,
+                          check=True)
+    seen = json.loads(done.stdout)
+    assert seen["folders"] == [str(ROOT / "results"), str(ROOT / "data"), str(ROOT / "runs")]
+    assert seen["tmp"].startswith(str(ROOT / "results" / "tmp" / "00_quickstart" / "cpu-"))
+    committed = json.loads((ROOT / "results" / "timings" / "cpu.json").read_text())
+    from medsoup.chapters.comparison import CHAPTERS
+    assert seen["timed"] == sorted(committed) and seen["chapters"] == sorted(CHAPTERS)  # the committed files
+    assert seen["torch pin"] != "-"

@@ -19,6 +19,7 @@ from medsoup.core.stats import summarise
 from medsoup.core.train import TrainConfig
 from medsoup.runs.profiles import CPU_DATASETS, resolve_profile, settings
 from medsoup.runs.provenance import code_version, machine, package_versions
+from medsoup.runs.results import RESULTS_DIR
 from medsoup.runs.store import RunConfig, run_many
 
 #: MedMNIST v2 (Yang et al., Scientific Data 2023, Table 3), ResNet-18 (28), test ACC / AUC.
@@ -119,7 +120,7 @@ def markdown_table(record: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m medsoup.chapters.baselines", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu", help="smoke, cpu, gpu, paper or auto (default cpu)")
-    parser.add_argument("--out", default="results/baselines.json", help="the record (default %(default)s)")
+    parser.add_argument("--out", default=RESULTS_DIR / "baselines.json", help="the record (default %(default)s)")
     args = parser.parse_args(argv)
     record = baseline_record(args.profile)
     atomic_write_text(Path(args.out), json.dumps(record, indent=1))

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from medsoup.core.paths import project_folder
 from medsoup.runs.provenance import PACKAGES, package_versions
-from medsoup.runs.results import timings_path
+from medsoup.runs.results import RESULTS_DIR, timings_path
 
 #: Chapter -> its settings table ``{profile: {setting: value}}`` as "module:attribute".
 PROFILE_TABLES = {"Baseline (quickstart)": "medsoup.chapters.baselines:BASELINE", "InMerge": "medsoup.chapters.inmerge:INMERGE",
@@ -31,8 +32,9 @@ def pinned_versions(constraints: str | Path) -> dict[str, str]:
     return pins
 
 
-def versions_table(constraints: str | Path) -> pd.DataFrame:
-    """Installed and pinned version of Python, the libraries and the book's toolchain."""
+def versions_table(constraints: str | Path = project_folder("constraints.txt")) -> pd.DataFrame:
+    """Installed and pinned version of Python, the libraries and the book's toolchain (pins read
+    from ``constraints``, default the project's ``constraints.txt``)."""
     installed = package_versions(PACKAGES + TOOLCHAIN)
     pins = pinned_versions(constraints)
     return pd.DataFrame([{"package": name, "installed": version,
@@ -75,7 +77,7 @@ def _timings_record(profile: str, root: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def timings(profile: str, root: str | Path = "results") -> pd.DataFrame:
+def timings(profile: str, root: str | Path = RESULTS_DIR) -> pd.DataFrame:
     """The execution wall time of each notebook recorded by ``medsoup.book.execute`` for ``profile``
     (empty when none was recorded)."""
     record = _timings_record(profile, root)
@@ -85,7 +87,7 @@ def timings(profile: str, root: str | Path = "results") -> pd.DataFrame:
                         columns=["notebook", "minutes", "finished", "cpu cores", "torch threads", "GPU"])
 
 
-def reference_machine(profile: str, root: str | Path = "results") -> dict | None:
+def reference_machine(profile: str, root: str | Path = RESULTS_DIR) -> dict | None:
     """The machine of the most recent notebook execution recorded for ``profile``, if any."""
     record = _timings_record(profile, root)
     return max(record.values(), key=lambda e: e["finished"])["machine"] if record else None

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from medsoup.core.checkpoint import atomic_write_text
+from medsoup.core.paths import project_folder
 from medsoup.runs.provenance import code_version
 
 #: The environment variable the book runner sets to ``"1"`` for the notebooks it executes.
@@ -37,8 +38,9 @@ REFERENCE_ENV = "MEDSOUP_REFERENCE_RUN"
 ROW_KEYS = ("chapter", "method", "role", "dataset", "seed")
 #: What the envelope holds besides ``rows`` and the payload.
 ENVELOPE = ("profile", "reference", "settings", "overrides", "code_version", "written")
-#: Where results are written, relative to the working directory (the repository root).
-RESULTS_DIR = Path("results")
+#: Where results are written: ``results/`` of the project (:func:`medsoup.core.paths.project_folder`),
+#: whatever the working directory (a kernel JupyterLab starts in ``notebooks/`` writes there too).
+RESULTS_DIR = project_folder("results")
 
 
 def timings_path(profile: str, root: str | Path = RESULTS_DIR) -> Path:
