@@ -82,3 +82,5 @@ def test_reliability_diagram_pools_the_seeds_per_method():
     assert list(a.get_xdata()) == pytest.approx([0.65, 0.7, 0.85, 0.9])  # each bin's mean confidence
     assert list(a.get_ydata()) == [0, 1, 1, 1]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["A", "B", "perfect calibration"]
+    chosen = reliability_diagram({"retinamnist": {"A": pairs, "B": pairs}}, methods=("B", "C", "A"))
+    assert [line.get_label() for line in chosen.axes[0].lines] == ["B", "A", "perfect calibration"]

@@ -299,6 +299,12 @@ REFERENCE_CLAIMS = (("Greedy soup", "GS ensemble"), ("GoU", "FGG ensemble"), ("G
                     ("SWA", "GS(best)"), ("GoU", "SWA"), ("GoG", "SWA"))
 
 
+#: The rows of notebook 20's table of the references (the grid's best model and greedy soup, FGG's best model
+#: and hierarchical soups, each zoo's output ensemble, SWA), and those its reliability diagram draws.
+REFERENCE_TABLE = ("GS(best)", "Greedy soup", "GS ensemble", "FGG(best)", "GoU", "GoG", "FGG ensemble", "SWA")
+RELIABILITY = ("GS(best)", "Greedy soup", "GS ensemble", "GoG", "FGG ensemble", "SWA")
+
+
 def claims(methods, pairs=CLAIMS) -> list[tuple[str, str]]:
     """The pairs of ``pairs`` (:data:`CLAIMS`, :data:`REFERENCE_CLAIMS`) whose both sides are among ``methods``."""
     return [(a, b) for a, b in pairs if a in methods and b in methods]

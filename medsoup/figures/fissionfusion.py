@@ -89,17 +89,20 @@ def _pooled(pairs: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
     return binary_columns(probs, targets) if targets.ndim == 2 else (probs, targets)
 
 
-def reliability_diagram(predictions: Mapping[str, Mapping[str, Sequence[tuple]]], bins: int = ECE_BINS):
-    """One panel per dataset (key of ``predictions``): for each method, the accuracy of its arg-max
-    predictions against their mean confidence in each of ``bins`` equal-width confidence bins
-    (:func:`medsoup.core.calibration.reliability`), over its ``(probabilities, targets)`` test sets pooled
-    (one per seed), a point's area growing with its bin's images; the diagonal is perfect calibration
-    (below it: over-confident). One legend below the panels."""
+def reliability_diagram(predictions: Mapping[str, Mapping[str, Sequence[tuple]]],
+                        methods: Sequence[str] | None = None, bins: int = ECE_BINS):
+    """One panel per dataset (key of ``predictions``): for each method (those of ``methods`` present, in
+    that order; default: all), the accuracy of its arg-max predictions against their mean confidence in
+    each of ``bins`` equal-width confidence bins (:func:`medsoup.core.calibration.reliability`), over its
+    ``(probabilities, targets)`` test sets pooled (one per seed), a point's area growing with its bin's
+    images; the diagonal is perfect calibration (below it: over-confident). One legend below the panels."""
     fig, axes = figure(1, len(predictions), width=4.0, height=3.6, flat=True)
-    for ax, (dataset, methods) in zip(axes, predictions.items()):
+    for ax, (dataset, per_method) in zip(axes, predictions.items()):
         low = 1.0
-        for method, pairs in methods.items():
-            probs, targets = _pooled(pairs)
+        for method in methods or per_method:
+            if method not in per_method:
+                continue
+            probs, targets = _pooled(per_method[method])
             r = reliability(probs, targets, bins)
             filled = r["count"] > 0
             size = 8 + 120 * r["count"][filled] / r["count"].sum()
