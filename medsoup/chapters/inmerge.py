@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medsoup.chapters.tables import group_keys, group_name, paired, row
+from medsoup.chapters.tables import paired, row, with_group_labels
 from medsoup.core.train import TrainConfig
 from medsoup.core.models import create_model
 from medsoup.merging.inmerge import check_params, forward_conv_layers
@@ -261,10 +261,10 @@ def tally(table: pd.DataFrame, metric: str = "auc") -> str:
             f"{down} lower it (adjusted p < 0.05 over the {int(table['family'].max())} comparisons of "
             f"{table['family_name'].iloc[0]}); {nominal} more differ{'s' if nominal == 1 else ''} only before adjustment "
             f"(seeds per setting: {rows['n'].min()}).")
-    keys = [k for k in group_keys(rows) if rows[k].nunique() > 1] or group_keys(rows)
-    high, low = rows.loc[rows["difference"].idxmax()], rows.loc[rows["difference"].idxmin()]
+    named = with_group_labels(rows)
+    high, low = named.loc[rows["difference"].idxmax()], named.loc[rows["difference"].idxmin()]
     text += " The mean change ranges from " + " to ".join(
-        f"{r['difference']:+.4f} ({group_name(r, keys)}; p = {r['p_value']:.3f}, adjusted p = {r['p_adjusted']:.3f})"
+        f"{r['difference']:+.4f} ({r['group']}; p = {r['p_value']:.3f}, adjusted p = {r['p_adjusted']:.3f})"
         for r in (low, high)) + "."
     if "merge_rate" in rows and rows["merge_rate"].notna().all():
         inert = int((rows["merge_rate"] == 0).sum())

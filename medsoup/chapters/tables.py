@@ -226,9 +226,20 @@ def metric_label(metric: str) -> str:
     return f"test {metric.upper()}"
 
 
+#: Group columns whose values read alone in a sentence (others as ``<column> <value>``).
+_BARE = ("dataset", "setting", "model")
+
+
 def group_name(row: Mapping[str, Any], keys: Sequence[str]) -> str:
-    """How a comparison's group reads in a sentence (``breastmnist, setting tau=0.3``)."""
-    return ", ".join(str(row[k]) if k == "dataset" else f"{k} {row[k]}" for k in keys)
+    """How a comparison's group reads in a sentence (``breastmnist, tau=0.3``, ``alpha 0.5, p 1.0``)."""
+    return ", ".join(str(row[k]) if k in _BARE else f"{k} {row[k]}" for k in keys)
+
+
+def with_group_labels(table: pd.DataFrame, column: str = "group") -> pd.DataFrame:
+    """``table`` (rows of :func:`paired`) with ``column`` naming each row's group by the ``by`` columns
+    whose values vary in it (all of them where none does), e.g. to label a forest plot's rows."""
+    keys = [k for k in group_keys(table) if table[k].nunique() > 1] or group_keys(table)
+    return table.assign(**{column: [group_name(r, keys) for r in table.to_dict(orient="records")]})
 
 
 def _null_power(row: Mapping[str, Any]) -> str:

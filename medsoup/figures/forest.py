@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from medsoup.figures import figure
 
@@ -88,6 +89,7 @@ def forest(table: pd.DataFrame, panel: str | Sequence[str] = "dataset", label: s
         ax.set_title(title, fontsize=FONT + 1, loc="left")
         ax.set_xlabel(xlabel, fontsize=FONT)
         ax.tick_params(axis="x", labelsize=FONT - 1)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.grid(axis="y", visible=False)
     handles = [Line2D([], [], color="C0", marker="o", markersize=9, linewidth=2.2, label="adjusted p < 0.05"),
                Line2D([], [], color="C0", marker="o", markersize=9, markerfacecolor="white", linewidth=2.2,
