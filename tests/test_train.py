@@ -59,9 +59,38 @@ def test_unknown_config_field_is_named_with_valid_fields():
     assert TINY_TRAIN.replace(epochs=5).epochs == 5
 
 
-def test_invalid_numbers():
-    with pytest.raises(ValueError, match="lr > 0"):
-        train.TrainConfig(lr=0)
+@pytest.mark.parametrize("changes,pattern", [
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+    ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"gamma": 0}, "gamma must be a finite number > 0"),
+    ({"cycle_epochs": 0}, "cycle_epochs must be a finite number > 0"),
+    ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0"),
+    ({"milestones": (0.5, 1.5)}, r"every milestone must be a finite number in \[0, 1\], got 1.5"),
+    ({"milestones": (0.75, 0.5)}, "milestones must be increasing"),
+    ({"device": "foo"}, "device 'foo' is not a torch device"),
+    ({"threads": 0}, "threads must be a whole number >= 1, got 0"),
+])
+def test_invalid_numbers_are_refused_when_the_config_is_built(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        train.TrainConfig(**changes)
+
+
+def test_fit_trains_with_its_thread_count_and_restores_the_callers(tiny_data):
+    seen = []
+
+    class Threads(train.Callback):
+        def on_step_end(self, model, step):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    _fit(tiny_data, TINY_TRAIN.replace(threads=2, epochs=1), [Threads()])
+    assert set(seen) == {2} and torch.get_num_threads() == before
+
+
+def test_a_run_that_ends_at_chance_says_so(tiny_data):
+    with pytest.warns(train.ChanceLevelWarning, match="at chance level on the validation split"):
+        _fit(tiny_data, TINY_TRAIN.replace(optimizer="adam", lr=1e3, epochs=1))
 
 
 @pytest.mark.parametrize("changes,pattern", [
@@ -69,10 +98,9 @@ def test_invalid_numbers():
     ({"batch_size": 16.0}, "batch_size must be a whole number, got 16.0"),
     ({"epochs": True}, "epochs must be a whole number"),
     ({"epochs": 0}, "epochs=0"),
-    ({"label_smoothing": -0.1}, r"label_smoothing must be a number in \[0, 1\], got -0.1"),
-    ({"momentum": 1.5}, r"momentum must be a number in \[0, 1\], got 1.5"),
-    ({"weight_decay": -1e-4}, "weight_decay must be a number >= 0"),
-    ({"lr": float("nan")}, "lr=nan"),
+    ({"label_smoothing": -0.1}, r"label_smoothing must be a finite number in \[0, 1\], got -0.1"),
+    ({"momentum": 1.5}, r"momentum must be a finite number in \[0, 1\], got 1.5"),
+    ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0"),
 ])
 def test_out_of_range_numbers_are_named(changes, pattern):
     with pytest.raises(ValueError, match=pattern):

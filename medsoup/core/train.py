@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -80,6 +81,8 @@ class TrainConfig:
     seed: int = 0  # seeds fit's batch-order and augmentation generator and torch's global generator
     device: str = "auto"  # "auto" (CUDA, then MPS, then CPU: resolve_device) or a torch device ("cpu", "cuda:1")
     amp: bool = True  # bfloat16 autocast of the forward pass on CUDA; no effect on other devices
+    threads: int = 1  # CPU only: torch's intra-op threads while fit runs (1 and 2 threads sum in different orders,
+    # so the count is part of the run: 1 is reproducible anywhere and, several runs side by side, the fastest)
 
     def __post_init__(self):
         for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
@@ -92,16 +95,28 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{name} must be a whole number, got {value!r} ({type(value).__name__})")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0; got epochs={self.epochs!r}, "
-                             f"batch_size={self.batch_size!r}, lr={self.lr!r}")
-        for name, low, high in (("label_smoothing", 0.0, 1.0), ("momentum", 0.0, 1.0), ("gamma", 0.0, None),
-                                ("weight_decay", 0.0, None), ("min_lr", 0.0, None)):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and low <= value and (high is None or value <= high)):
-                bounds = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
-                raise ValueError(f"{name} must be a number {bounds}, got {value!r}")
-        object.__setattr__(self, "milestones", tuple(self.milestones))
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1; got epochs={self.epochs!r}, "
+                             f"batch_size={self.batch_size!r}")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
+            raise ValueError(f"threads must be a whole number >= 1, got {self.threads!r}")
+        for name, low, high in (("label_smoothing", 0.0, 1.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, None),
+                                ("min_lr", 0.0, None)):
+            _check_number(name, getattr(self, name), low, high)
+        for name in ("lr", "gamma", "cycle_epochs"):
+            _check_number(name, getattr(self, name), 0.0, None, low_open=True)
+        milestones = tuple(self.milestones)
+        for value in milestones:
+            _check_number("every milestone", value, 0.0, 1.0)
+        if list(milestones) != sorted(milestones):
+            raise ValueError(f"milestones must be increasing fractions of all steps, got {milestones!r}")
+        object.__setattr__(self, "milestones", milestones)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(f"device {self.device!r} is not a torch device (\"auto\", \"cpu\", \"cuda\", "
+                                 f"\"cuda:1\", \"mps\"): {error}") from None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -110,6 +125,16 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **checked_fields(type(self), changes))
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None, low_open: bool = False) -> None:
+    """Refuse a ``value`` that is not a finite number in [low, high] ((low, high] with ``low_open``)."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and (high is None or value <= high))
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high is not None else None
+        where = f"in {bounds}" if bounds else f"{'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
 
 
 def checked_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +236,25 @@ def _score(metrics: dict, name: str) -> float:
     return -math.inf if math.isnan(value) else value
 
 
+#: A trained model whose validation AUC is below this has learnt (next to) nothing: :func:`fit` warns.
+CHANCE_AUC = 0.55
+
+
+class ChanceLevelWarning(UserWarning):
+    """A run finished with a model no better than chance on its validation split."""
+
+
+def warn_if_at_chance(val: dict, config: TrainConfig) -> None:
+    """Warn (:class:`ChanceLevelWarning`) when the validation AUC is below :data:`CHANCE_AUC`: such a
+    model ranks images like a coin (a constant classifier scores 0.5), whatever its accuracy."""
+    auc = val.get("auc", math.nan)
+    if not math.isnan(auc) and auc < CHANCE_AUC:
+        warnings.warn(f"the trained model is at chance level on the validation split (AUC {auc:.3f} < "
+                      f"{CHANCE_AUC}, accuracy {val.get('acc', math.nan):.3f}): it learnt nothing useful. "
+                      f"Check the learning rate ({config.optimizer} at lr {config.lr:g}), epochs and data",
+                      ChanceLevelWarning, stacklevel=3)
+
+
 def trainable_parameters(model: nn.Module, config: TrainConfig) -> list[nn.Parameter]:
     """Parameters to optimise. Linear probing freezes all but the head (and BN if trainable)."""
     if not config.linear_probe:
@@ -299,9 +343,23 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
     reads the result at each epoch's end instead of after every step (:class:`LossWatch`); the
     error then still names the epoch, the first non-finite step and its loss. Passing True on the
     CPU runs the CUDA path's check there (for tests); the numbers of a finite run do not change.
+
+    On the CPU torch runs with ``config.threads`` intra-op threads while fit runs (the caller's count is
+    restored after). A model that ends at chance on the validation split is returned with a
+    :class:`ChanceLevelWarning`.
     """
-    callbacks = list(callbacks)
     device = resolve_device(config.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    try:
+        return _fit(model, data, config, list(callbacks), device, checkpoint, progress, deferred_checks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: list[Callback], device: torch.device,
+         checkpoint, progress: bool, deferred_checks: bool | None) -> FitResult:
     if data.device != device:
         data = data.to(device)
     model.to(device)
@@ -395,6 +453,7 @@ def fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: Iterabl
         model.load_state_dict(best_state)
     result.val = evaluate(model, data, "val")
     result.test = evaluate(model, data, "test")
+    warn_if_at_chance(result.val, config)
     result.wall_time = time.perf_counter() - started
     result.steps = total_steps
     return result
