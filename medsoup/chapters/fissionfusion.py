@@ -90,7 +90,7 @@ _CPU: dict[str, Any] = dict(
     lmc_points=11,  # 11-point LMC curves instead of 21
     bn_images=256,  # BatchNorm recomputed on 256 of the 400 training images per evaluation (~100 s less)
     methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy", "SWA"),  # GS+HS dropped: one grid seed leaves 2 per lr
-    averaged_methods=("Greedy soup", "GoG"),  # averaged BN re-checked on the comparison it used to decide
+    averaged_methods=("GS(best)", "Greedy soup", "GoG"),  # averaged BN re-checked where it decides; GS(best): no merge
     lmc_bn=("recomputed",),  # LMC with BN recomputed only: averaged-BN curves would cost ~90 s more
     landscape_datasets=("retinamnist",),  # plane and slice on RetinaMNIST only: its 120 val images are cheap
 )

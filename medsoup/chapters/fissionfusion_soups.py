@@ -240,6 +240,19 @@ def long_rows(dataset: str, seed: int, recalibrate: bool, results: dict[str, Met
     return out
 
 
+def bn_recheck_kinds(rows, methods) -> dict[str, int]:
+    """What the BatchNorm re-check's pairs (each method of ``methods`` with statistics recomputed against
+    averaged, per dataset and seed, in :func:`long_rows` ``rows``) compare: ``pairs`` in all, ``single``
+    where both sides are one model (no weights averaged: the difference is that of the running
+    statistics carried from training), ``different`` where the two settings kept different ingredients
+    (the greedy choices differ, so the difference is not that of the statistics alone)."""
+    mine = rows[rows["method"].isin(list(methods))]
+    recomputed = mine["recalibrate"].astype(bool)
+    both = mine[recomputed].merge(mine[~recomputed], on=["dataset", "seed", "method"], suffixes=("", "_averaged"))
+    return {"pairs": len(both), "single": int(((both["ingredients"] == 1) & (both["ingredients_averaged"] == 1)).sum()),
+            "different": int((both["kept"] != both["kept_averaged"]).sum())}
+
+
 def _role(method: str) -> str:
     return "method" if method in FGG_METHODS else "baseline"
 
