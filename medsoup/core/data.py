@@ -8,6 +8,7 @@ device; batches are sliced from it and normalised/augmented as tensors (see
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -121,6 +122,9 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
 
     The download goes to a temporary folder inside the data folder and is moved into place only
     after its MD5 matches, so an interrupted download never leaves a file under the official name.
+    A download that fails (offline, say) leaves nothing behind, not even the data folder if it had
+    to be made (a mistyped ``$MEDSOUP_DATA`` stays absent), and raises :class:`DatasetError` with
+    one line naming the folder, the file and ``$MEDSOUP_DATA``.
     """
     folder = data_root(root)
     path = folder / file_name(name, size)
@@ -135,20 +139,34 @@ def ensure_file(name: str, size: int = 28, root: str | os.PathLike | None = None
         return path
     if not download:
         raise DatasetError(_missing_message(name, size, folder, "download=False"))
+    made = [f for f in (folder, *folder.parents) if not f.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_downloads(folder)
     staging = Path(tempfile.mkdtemp(prefix=f".download-{name}-{writer_tag()}-", dir=folder))
     try:
         try:
             _download_with_medmnist(name, size, staging)
-        except Exception as error:  # medmnist wraps every network failure in RuntimeError
-            raise DatasetError(_missing_message(name, size, folder, f"download failed: {error!s:.200}")) from None
+        except Exception as error:  # medmnist wraps every network failure in a RuntimeError of many lines
+            reason = f"{'the folder does not exist; ' if made else ''}download failed: {_first_cause(error)}"
+            raise DatasetError(_missing_message(name, size, folder, reason)) from None
         fetched = staging / path.name
         verify_md5(fetched, expected)
         os.replace(fetched, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not path.exists():
+            for made_folder in made:  # made for this download; kept if something else was put there
+                with contextlib.suppress(OSError):
+                    made_folder.rmdir()
     return path
+
+
+def _first_cause(error: BaseException) -> str:
+    """The exception at the root of ``error``'s chain (medmnist's RuntimeError wraps the network
+    error), as one line: ``URLError: <urlopen error [Errno -2] Name or service not known>``."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
 
 
 def remove_stale_downloads(folder: Path) -> None:
@@ -160,9 +178,10 @@ def remove_stale_downloads(folder: Path) -> None:
 
 
 def _missing_message(name: str, size: int, folder: Path, reason: str) -> str:
-    return (f"{file_name(name, size)} is not in {folder} and could not be downloaded ({reason}). "
-            f"Download it from {official_url(name, size)} (MD5 {official_md5(name, size)}) and put it "
-            f"in {folder.resolve()}, or point ${DATA_ENV} at a folder that holds it.")
+    """One line: the file, the data folder, why it could not be fetched, and what to do."""
+    return (f"{file_name(name, size)} is not in the data folder {folder.resolve()} ({reason}): put the official "
+            f"file there ({official_url(name, size)}, MD5 {official_md5(name, size)}) or point ${DATA_ENV} "
+            "at a folder that holds it")
 
 
 def read_npz(path: Path, name: str, size: int) -> dict[str, np.ndarray]:
