@@ -52,7 +52,7 @@ def against_majority(rows: pd.DataFrame, majority: Mapping[str, float], metric: 
 def majority_sentence(table: pd.DataFrame) -> str:
     """:func:`against_majority` in words, one clause per dataset."""
     if table.empty:
-        return "No arm to set against the majority class."
+        return "No arm is listed against the majority-class predictor."
     label = "" if "stage" not in table else "stage"
     parts = []
     for dataset, part in table.groupby("dataset", sort=False):
