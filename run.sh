@@ -13,6 +13,8 @@
 #
 # Both create .venv if it is missing and install the pinned environment
 # (pip install -c constraints.txt -e ".[all]") whenever pyproject.toml or constraints.txt changed.
+# Both read the MedMNIST files from $MEDSOUP_DATA, else ../shared/data/medmnist beside the checkout
+# where it exists, else the project's data/.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -20,7 +22,7 @@ VENV=.venv
 STAMP="$VENV/.medsoup-install-stamp"
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -62,6 +64,18 @@ ensure_env() {
   fi
 }
 
+use_data() {  # one rule for both commands: $MEDSOUP_DATA, else ../shared/data/medmnist, else data/
+  if [ -z "${MEDSOUP_DATA:-}" ]; then
+    if [ -d ../shared/data/medmnist ]; then
+      MEDSOUP_DATA=$(cd ../shared/data/medmnist && pwd)
+    else
+      MEDSOUP_DATA=$PWD/data
+    fi
+  fi
+  export MEDSOUP_DATA
+  echo "MEDSOUP_DATA=$MEDSOUP_DATA"
+}
+
 run_tests() {
   local rc=0
   "$VENV/bin/python" -m pytest -m "not slow" -q "$@" || rc=$?
@@ -89,6 +103,7 @@ shift
 case "$cmd" in
   book)
     ensure_env
+    use_data
     if [ $# -eq 0 ] && [ -d book/reference/cpu ]; then
       step "build the book from the committed reference executions" "$VENV/bin/python" -m medsoup.book show
     else
@@ -97,17 +112,10 @@ case "$cmd" in
     ;;
   test)
     ensure_env
-    if [ -z "${MEDSOUP_DATA:-}" ]; then
-      if [ -d ../shared/data/medmnist ]; then
-        MEDSOUP_DATA=$(cd ../shared/data/medmnist && pwd)
-      else
-        MEDSOUP_DATA=$PWD/data
-      fi
-    fi
-    export MEDSOUP_DATA
+    use_data
     export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
     export MPLBACKEND=Agg
-    echo "MEDSOUP_DATA=$MEDSOUP_DATA HF_HUB_OFFLINE=$HF_HUB_OFFLINE"
+    echo "HF_HUB_OFFLINE=$HF_HUB_OFFLINE"
     step "import layers (lint-imports, contract in pyproject.toml)" "$VENV/bin/lint-imports"
     step "pytest (not slow)" run_tests "$@"
     # Every notebook in _toc.yml must be executed for the -W build to pass.
