@@ -201,8 +201,6 @@ def test_figures_build_without_a_display():
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2
     fig = figures.confusion_matrix(np.array([[3, 1], [0, 4]]), ["a very long class name indeed", "b"])
     assert fig.axes[0].get_xlabel() == "predicted"
-    fig = figures.bars_with_error(["x", "y"], [0.8, 0.9], [0.01, 0.02], ylabel="AUC")
-    assert len(fig.axes[0].patches) == 2
     fig = figures.image_grid(torch.zeros(5, 3, 28, 28, dtype=torch.uint8), ["a"] * 5, ncols=4)
     assert len(fig.axes) == 8 and sum(bool(ax.images) for ax in fig.axes) == 5
     matplotlib.pyplot.close("all")

@@ -60,17 +60,6 @@ def confusion_matrix(matrix: np.ndarray, labels: Sequence[str], title: str = "",
     return fig
 
 
-def bars_with_error(names: Sequence[str], means: Sequence[float], stds: Sequence[float], ylabel: str,
-                    title: str = "", ax=None):
-    """Bar chart of means with standard-deviation error bars."""
-    if ax is None:
-        fig, ax = figure(width=max(4.2, 0.8 * len(names)))
-    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=sns.color_palette("deep", len(names)))
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set(ylabel=ylabel, title=title)
-    return ax.figure
-
-
 def image_grid(images, labels: Sequence[str], ncols: int = 8, title: str = ""):
     """uint8 images (N, C, H, W) in a grid, each titled with its label."""
     images = np.asarray(images.cpu() if hasattr(images, "cpu") else images)
