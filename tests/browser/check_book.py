@@ -20,7 +20,8 @@
    the page's text outside code, and the console shows no error from the book's own pages or files
    (failed resource, uncaught script error) beyond the toolchain's known harmless ones
    (:data:`KNOWN_CONSOLE`).
-3. Screenshots: :data:`SCREENSHOT_PAGES` at a phone and a desktop width (:data:`SCREEN_SIZES`),
+3. Screenshots: the introduction and every chapter page (:func:`screenshot_pages`: each executed
+   notebook's page) at a phone and a desktop width (:data:`SCREEN_SIZES`), for a person to look at,
    go to ``<html_dir>/_screenshots/``: ``<page>-<size>.png`` is the first screen a reader sees,
    ``<page>-<size>-long.png`` the top :data:`SCREENSHOT_HEIGHT` pixels (the viewport made that tall).
 
@@ -64,8 +65,8 @@ KNOWN_CONSOLE = ("Identifier 'THEBE_JS_URL' has already been declared", "Got inv
 LINK_ATTRS = {"a": "href", "link": "href", "img": "src", "script": "src", "iframe": "src", "source": "src"}
 #: Output areas a reader must not see: stderr streams (warnings, progress bars) and tracebacks.
 NOISE_CLASSES = ("stderr", "traceback")
-#: Pages photographed at each width, and the widths (CSS pixels).
-SCREENSHOT_PAGES = ("book/intro.html", "book/executed/10_inmerge.html", "book/executed/40_comparison.html")
+#: The page photographed before the chapters, and the widths (CSS pixels) every photographed page is shown at.
+SCREENSHOT_INTRO = "book/intro.html"
 SCREEN_SIZES = {"phone": (390, 844), "desktop": (1366, 900)}
 SCREENSHOT_HEIGHT = 4000
 SCREENSHOT_DIR = "_screenshots"
@@ -271,7 +272,14 @@ def math_problems(name: str, math: dict) -> list[str]:
     return problems
 
 
-def save_screenshots(driver, base: str, html_dir: Path, pages=SCREENSHOT_PAGES) -> list[Path]:
+def screenshot_pages(html_dir: Path) -> tuple[str, ...]:
+    """The pages photographed: the introduction and every chapter, i.e. every executed notebook's page
+    (``book/executed/*.html``), in the book's order of names."""
+    chapters = sorted(p.relative_to(html_dir).as_posix() for p in (html_dir / "book" / "executed").glob("*.html"))
+    return (SCREENSHOT_INTRO, *chapters)
+
+
+def save_screenshots(driver, base: str, html_dir: Path, pages) -> list[Path]:
     """The first screen and the top :data:`SCREENSHOT_HEIGHT` pixels of each page at each of
     :data:`SCREEN_SIZES`, as PNGs in ``<html_dir>/_screenshots``."""
     out = html_dir / SCREENSHOT_DIR
@@ -297,9 +305,9 @@ def save_screenshots(driver, base: str, html_dir: Path, pages=SCREENSHOT_PAGES) 
     return saved
 
 
-def check_in_browser(html_dir: Path, timeout: float = 30.0,
-                     screenshots=SCREENSHOT_PAGES) -> tuple[list[str], dict[str, int]]:
-    """Open every page in headless Chromium, then photograph ``screenshots``; returns (problems, counts)."""
+def check_in_browser(html_dir: Path, timeout: float = 30.0, screenshots=None) -> tuple[list[str], dict[str, int]]:
+    """Open every page in headless Chromium, then photograph ``screenshots`` (default: :func:`screenshot_pages`);
+    returns (problems, counts)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -343,7 +351,8 @@ def check_in_browser(html_dir: Path, timeout: float = 30.0,
                 if (entry.get("level") == "SEVERE" and base in message
                         and not any(known in message for known in KNOWN_CONSOLE)):
                     problems.append(f"{name}: console: {message}")
-        counts["screenshots"] = len(save_screenshots(driver, base, html_dir, screenshots))
+        pages = screenshot_pages(html_dir) if screenshots is None else screenshots
+        counts["screenshots"] = len(save_screenshots(driver, base, html_dir, pages))
     finally:
         driver.quit()
         server.shutdown()
