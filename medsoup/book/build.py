@@ -5,6 +5,8 @@ the reference executions (:mod:`medsoup.book.reference`), and build the Jupyter 
     python -m medsoup.book build
     python -m medsoup.book all --profile auto        # execute every notebook, then build
 
+Execution: see :mod:`medsoup.book.execute` (:data:`KERNEL_NOTE`: the environment it reads).
+
 Build: ``jupyter-book build <root> -W -n --keep-going --all``: every page is rebuilt so that no
 warning is hidden by Sphinx's incremental cache, and any warning fails the build.
 
@@ -25,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from medsoup.book.execute import EXECUTED_DIR, NotebookExecutionError, execute_notebooks, repo_root
+
+#: What ``execute`` and ``all`` read from the environment (shown by their ``--help``).
+KERNEL_NOTE = ("environment: MEDSOUP_THREADS torch threads per notebook kernel (default 1; raise it on an idle "
+               "machine), MEDSOUP_DATA the MedMNIST folder (default: the project's data/). A failed notebook "
+               "leaves its last good page; the failed execution goes to book/executed/failed/. Only executions "
+               "without -p record their time in results/timings/<profile>.json.")
 
 
 def _toc_files(node: Any) -> Iterable[str]:
@@ -102,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--incremental", action="store_true",
                        help="rebuild only changed pages (warnings of unchanged pages are not shown)")
 
-    sub.add_parser("execute", parents=[run], help="execute notebooks into book/executed/")
+    sub.add_parser("execute", parents=[run], help="execute notebooks into book/executed/", epilog=KERNEL_NOTE)
     sub.add_parser("build", parents=[build], help="build the book into _build/html")
-    sub.add_parser("all", parents=[run, build], help="execute, then build")
+    sub.add_parser("all", parents=[run, build], help="execute, then build", epilog=KERNEL_NOTE)
     reference = argparse.ArgumentParser(add_help=False)
     reference.add_argument("--profile", default="cpu", help="the reference run's profile (default cpu)")
     sub.add_parser("show", parents=[reference, build],
