@@ -126,9 +126,10 @@ class PairedDifference:
     @classmethod
     def from_columns(cls, row, confidence: float = 0.95) -> "PairedDifference":
         """Back from a table row holding :meth:`columns` (a mapping or a named tuple)."""
-        get = row.get if hasattr(row, "get") else lambda k: getattr(row, k)
+        get = row.get if hasattr(row, "get") else lambda k: getattr(row, k, None)
+        mde = get("mde")  # NaN in a table written before the column existed
         return cls(get("difference"), get("ci_low"), get("ci_high"), get("p_value"), int(get("n")), confidence,
-                   get("mde"))
+                   math.nan if mde is None else mde)
 
     def __str__(self) -> str:
         return (f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] "
