@@ -14,6 +14,7 @@ from medsoup.merging.align import (
     align,
     align_then_average,
     apply_permutation,
+    moved_share,
     permutation_spec,
     weight_matching,
 )
@@ -77,7 +78,10 @@ def test_permuting_changes_no_output(name, images):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_permuted_copy_is_aligned_back_exactly(name, images):
     model, state, spec, permuted = _permuted_copy(name)
-    aligned = align(spec, state, permuted)
+    perms = weight_matching(spec, state, permuted)
+    assert moved_share(perms) > 0.5
+    aligned = apply_permutation(spec, perms, permuted)
+    assert moved_share(weight_matching(spec, state, state)) == 0.0  # a model aligned to itself stays as it is
     assert all(torch.equal(aligned[k], state[k]) for k in state)
     assert torch.equal(_outputs(model, aligned, images), _outputs(model, state, images))
     midpoint = align_then_average(spec, [state, permuted])

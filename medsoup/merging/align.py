@@ -15,8 +15,9 @@ assignment problem (``scipy.optimize.linear_sum_assignment``) over the cost
 A :class:`PermutationSpec` says, for every state-dict key, which permutation acts on each axis.
 :func:`permutation_spec` builds it from the model's modules (smallcnn, timm ResNet, timm EfficientNet
 including Lite0; see its docstring for the keys each permutation touches); :func:`weight_matching`
-finds the permutations, :func:`apply_permutation` applies them, :func:`align` does both and
-:func:`align_then_average` averages the aligned states.
+finds the permutations, :func:`apply_permutation` applies them, :func:`align` does both,
+:func:`align_then_average` averages the aligned states and :func:`moved_share` says how far from the identity
+the permutations are.
 
 BatchNorm: a convolution's output permutation also acts on its BatchNorm's weight, bias, running mean and
 running variance, so a permuted state computes exactly what the original does in eval mode. The running
@@ -300,6 +301,12 @@ def weight_matching(spec: PermutationSpec, state_a: StateDict, state_b: StateDic
         if not improved:
             break
     return perms
+
+
+def moved_share(perms: Mapping[str, torch.Tensor]) -> float:
+    """The share of all channels that ``perms`` move: 0 for identities, ``1 - 1/n`` expected for random ones."""
+    moved = sum(int((torch.as_tensor(p) != torch.arange(len(p))).sum()) for p in perms.values())
+    return moved / sum(len(p) for p in perms.values())
 
 
 def align(spec: PermutationSpec, reference: StateDict, state: StateDict, max_iter: int = 100,
