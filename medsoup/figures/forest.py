@@ -10,6 +10,7 @@ stacked in one column, a few rows each, with large type: read at page width and 
 
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from medsoup.figures import figure
 FONT = 13
 _ROW = 0.62  # inches per comparison
 _PANEL = 1.25  # inches per panel for its title and x axis
+_LABEL = 24  # characters per line of a row's label (longer ones wrap), so the data keep most of the width
 
 
 def _metric_name(metric: str) -> str:
@@ -80,7 +82,7 @@ def forest(table: pd.DataFrame, panel: str | Sequence[str] = "dataset", label: s
         names = (rows[label] if label else ("vs " if one_method else rows["method"].astype(str) + " vs ")
                  + rows["reference"].astype(str))
         title = f"{title}: {rows['method'].iloc[0]} minus each" if one_method else title
-        ax.set_yticks(y, list(names), fontsize=FONT)
+        ax.set_yticks(y, [textwrap.fill(str(n), _LABEL) for n in names], fontsize=FONT - 1)
         ax.set_ylim(-0.6, len(rows) - 0.4)
         for yi, p in zip(y, rows["p_adjusted"]):
             ax.annotate("n/a" if np.isnan(p) else f"p={p:.2f}" if p >= 0.01 else "p<0.01", (1.01, yi),
