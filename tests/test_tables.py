@@ -67,6 +67,7 @@ def test_one_seed_nan_p_values_and_ambiguous_selectors():
     assert one["outcome"].tolist() == ["one seed", "one seed"] and one["p_adjusted"].isna().all()
     assert tables.verdict(one).endswith("B minus A is +0.050 test ACC on one seed, too few to test. "
                                         "2 comparisons made, none with a p-value to adjust (one seed).")
+    assert tables.headline(one) == "None of the 2 comparisons could be tested: one seed each."
     doubled = pd.concat([rows, rows.assign(chapter="Y")])
     with pytest.raises(ValueError, match="the reference has several rows per seed"):
         tables.paired(doubled, [("B", "A")], "acc")

@@ -57,7 +57,7 @@ def majority_sentence(table: pd.DataFrame) -> str:
     parts = []
     for dataset, part in table.groupby("dataset", sort=False):
         arms = "; ".join(f"{r['method']}{f' ({r[label]})' if label else ''}: {r['margin']:+.3f} above it on average, "
-                         f"{int(r['at_majority'])} of {int(r['seeds'])} seeds exactly at it" for _, r in part.iterrows())
+                         f"{int(r['at_majority'])} of {int(r['seeds'])} seed{'s' if r['seeds'] != 1 else ''} exactly at it" for _, r in part.iterrows())
         parts.append(f"On {dataset}, predicting the majority class for every test image scores "
                      f"{part['metric'].iloc[0].upper()} {part['majority'].iloc[0]:.3f}; against it: {arms}.")
     return " ".join(parts)

@@ -296,6 +296,8 @@ def headline(table: pd.DataFrame) -> str:
     if table.empty:
         return "No comparison could be made."
     n, family, name = len(table), int(table["family"].max()), str(table["family_name"].iloc[0])
+    if table["p_value"].isna().all():
+        return f"None of the {n} comparisons could be tested: one seed each."
     words = {o: int((table["outcome"] == o).sum()) for o in ("better", "worse", "higher", "lower")}
     found = ", ".join(f"{k} {o}" for o, k in words.items() if k) or "none significant either way"
     scope = (f"Of the {n} comparisons of {name}" if n == family
