@@ -21,7 +21,7 @@ def weight_heatmap(rows: Mapping[str, Mapping[str, torch.Tensor]], title: str = 
     layers = list(next(iter(rows.values())))
     means = np.array([[float(np.nanmean(rows[r][layer].float().numpy())) for layer in layers] for r in labels])
     starts = list(range(0, len(layers), per_panel))
-    fig, axes = figure(len(starts), 1, width=6.8, height=0.5 * len(labels) + 1.0, flat=True)
+    fig, axes = figure(len(starts), 1, width=6.8, height=0.42 * len(labels) + 0.9, flat=True)
     for ax, start in zip(axes, starts):
         part = means[:, start:start + per_panel]
         image = ax.imshow(part, vmin=0, vmax=1, cmap="coolwarm", aspect="auto")
