@@ -12,7 +12,8 @@ wherever a kernel starts, JupyterLab's ``notebooks/`` included); ``MEDSOUP_DATA`
 the reference runs whose results files (``results/<stem>/<profile>.json``) are committed
 (:mod:`medsoup.runs.results`). The kernel runs torch with ``$MEDSOUP_THREADS`` threads (default 1;
 it gets ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``): one thread per kernel holds up when other jobs
-share the cores, and an idle many-core machine can raise it.
+share the cores, and an idle many-core machine can raise it (training itself runs with its
+config's ``threads``, :class:`medsoup.core.train.TrainConfig`, while ``fit`` runs).
 A notebook is skipped when its executed copy exists and its stamp file ``<name>.stamp`` beside it
 matches the sha256 of (source notebook, parameters, kernel, the code of the ``medsoup/`` sources
 (docstrings and comments left out, as in the run keys), ``constraints.txt``; for a notebook whose
@@ -184,7 +185,7 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Pa
         fcntl.flock(folder, fcntl.LOCK_EX)
         record = json.loads(path.read_text()) if path.is_file() else {}
         record[notebook] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                            # torch's threads are the kernel's (kernel_environment), not this process's
+                            # the kernel's torch threads (kernel_environment; fit: TrainConfig.threads)
                             "code_version": code_version(), "machine": {**machine(), "torch_threads": kernel_threads()}}
         atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1))
     finally:
