@@ -102,6 +102,7 @@ def test_every_profile_starts_from_imagenet_and_names_known_methods():
         s = settings(FISSIONFUSION, profile)
         assert ff.pretrain_run(s, s["datasets"][0]) == "imagenet"
         assert set(s["averaged_methods"]) <= set(s["methods"]) <= set(soups.SOUPS)
+        assert "SWA" in s["methods"] and "SWA" not in s["averaged_methods"]  # its BN was recomputed, not averaged
         assert set(s["lmc_bn"]) <= {"averaged", "recomputed"} and 0 < s["lmc_seeds"] <= len(s["seeds"])
     assert settings(FISSIONFUSION, "paper")["methods"] == soups.METHODS + soups.ABLATION + tuple(soups.REFERENCES)
     cpu = settings(FISSIONFUSION, "cpu")

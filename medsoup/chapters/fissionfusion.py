@@ -32,11 +32,12 @@ SOURCE = {"breastmnist": "pneumoniamnist", "retinamnist": "pneumoniamnist", "pne
 
 #: The corruptions (:mod:`medsoup.core.corruptions`) evaluated at the paper profile.
 _CORRUPTIONS = ("gaussian_noise", "speckle_noise", "gaussian_blur", "brightness_down", "contrast_down", "pixelate")
-#: Every method of Table 1, then the appendix ablation's, then SWA (the names of
-#: :data:`medsoup.chapters.fissionfusion_soups.TABLE1`, :data:`~medsoup.chapters.fissionfusion_soups.APPENDIX_A1`
-#: and :data:`~medsoup.chapters.fissionfusion_soups.REFERENCES`).
+#: Every soup of Table 1, then the appendix ablation's (the names of
+#: :data:`medsoup.chapters.fissionfusion_soups.TABLE1` and :data:`~medsoup.chapters.fissionfusion_soups.APPENDIX_A1`).
+#: ``methods`` adds SWA (:data:`~medsoup.chapters.fissionfusion_soups.REFERENCES`); ``averaged_methods`` never
+#: holds it: its stored BatchNorm statistics were recomputed when its run ended, not averaged.
 _ALL_METHODS = ("GS(best)", "Uniform soup", "Greedy soup", "FGG(best)", "GoU", "GoG",
-                "GS+HS(GoU)", "GS+HS(GoG)", "FGG+Uniform", "FGG+Greedy", "SWA")
+                "GS+HS(GoU)", "GS+HS(GoG)", "FGG+Uniform", "FGG+Greedy")
 
 #: The paper's settings (Sanjeev et al., Sec. 3, and its public code): an ImageNet ResNet-50 at 224 px, a
 #: 10-epoch linear-probe warm-up, a grid of 8 learning rates x 3 augmentations x 2 seeds fine-tuned for 50
@@ -59,7 +60,7 @@ _PAPER: dict[str, Any] = dict(
     weight_decay=1e-4, fgg_augment="heavy", fgg_snapshots=5, fgg_cycle_epochs=4.0, fgg_lr_max=1e-5,
     fgg_lr_min=1e-8, swa_start=0.75, swa_lrs=(1e-4, 1e-5),
     corruptions=_CORRUPTIONS, severity=3, grid_points=21, lmc_points=21, bn_images=None,
-    methods=_ALL_METHODS, averaged_methods=_ALL_METHODS, lmc_seeds=3, lmc_bn=("averaged", "recomputed"),
+    methods=_ALL_METHODS + ("SWA",), averaged_methods=_ALL_METHODS, lmc_seeds=3, lmc_bn=("averaged", "recomputed"),
     landscape_datasets=CPU_DATASETS)
 
 #: A 2-core machine without a GPU: the ImageNet-pretrained EfficientNet-Lite0 (offline weights), every zoo
@@ -115,7 +116,7 @@ _GPU: dict[str, Any] = dict(
     corruptions=_CORRUPTIONS,  # every corruption of the paper profile
     grid_points=11,
     bn_images=512,
-    averaged_methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy", "SWA"),  # the averaged-BN re-check for all
+    averaged_methods=_ALL_METHODS[:6] + ("FGG+Uniform", "FGG+Greedy"),  # the averaged-BN re-check for every soup
 )
 
 #: Continuous integration: each code path of notebooks 20 and 21 in a minute or two; its numbers mean nothing.
@@ -134,7 +135,7 @@ _SMOKE: dict[str, Any] = dict(
     grid_points=3,  # a 3 x 3 plane and slice
     lmc_points=5,  # 5-point LMC curves
     bn_images=64,  # every training image
-    methods=_ALL_METHODS,  # every method, for the code paths (GS+HS too)
+    methods=_ALL_METHODS + ("SWA",),  # every method, for the code paths (GS+HS too)
     lmc_seeds=1,  # the one zoo
     lmc_bn=("averaged", "recomputed"),  # both BN settings, for the code paths
     landscape_datasets=("breastmnist",),  # the one dataset
@@ -347,17 +348,19 @@ def lmc_pairs(s: dict, dataset: str, seed: int) -> dict[str, tuple[RunConfig, Ru
 
 def barrier_rows(barriers: list[dict], seed: int | None = None) -> list[dict]:
     """Long rows of the landscape notebook's barrier records (``dataset``, ``seed`` (else ``seed``),
-    ``pair differs in``, ``BN``, ``barrier (<metric>)``, ``barrier (loss)``): method
-    ``interpolation, only <kind> differs``, ``recalibrate``, ``barrier_metric``, ``barrier`` and ``barrier_loss``."""
+    ``pair differs in``, ``BN``, ``barrier (<metric>)``, ``barrier (loss)``, optionally ``aligned``): method
+    ``interpolation, only <kind> differs`` (:func:`interpolation`), ``recalibrate``, ``barrier_metric``,
+    ``barrier`` and ``barrier_loss``."""
     out = []
     for b in barriers:
         metric = next(k[len("barrier ("):-1] for k in b if k.startswith("barrier (") and k != "barrier (loss)")
-        out.append(row("FissionFusion", interpolation(b["pair differs in"]), "measurement", b["dataset"],
-                       b.get("seed", seed), recalibrate=b["BN"] == "BN recomputed", barrier_metric=metric,
+        out.append(row("FissionFusion", interpolation(b["pair differs in"], b.get("aligned", False)), "measurement",
+                       b["dataset"], b.get("seed", seed), recalibrate=b["BN"] == "BN recomputed", barrier_metric=metric,
                        barrier=b[f"barrier ({metric})"], barrier_loss=b["barrier (loss)"]))
     return out
 
 
-def interpolation(kind: str) -> str:
-    """The method name of :func:`barrier_rows` for a pair kind."""
-    return f"interpolation, only {kind} differs"
+def interpolation(kind: str, aligned: bool = False) -> str:
+    """The method name of :func:`barrier_rows` for a pair kind; ``aligned``: model B permuted to model A
+    by weight matching (:func:`medsoup.merging.align.align`) before interpolating."""
+    return f"interpolation, only {kind} differs" + (", after weight matching" if aligned else "")
