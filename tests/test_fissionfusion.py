@@ -58,6 +58,8 @@ def test_barrier_rows_take_each_records_seed():
                  "barrier (f1)": 0.1 * s, "barrier (loss)": 0.01 * s} for s in (0, 1)]
     rows = ff.barrier_rows(barriers)
     assert [r["seed"] for r in rows] == [0, 1] and rows[0]["method"] == ff.interpolation("learning rate")
+    aligned = ff.barrier_rows([dict(barriers[0], aligned=True)])[0]["method"]
+    assert aligned == ff.interpolation("learning rate", aligned=True) != rows[0]["method"]
 
 
 def _states(*values):
