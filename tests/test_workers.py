@@ -136,3 +136,22 @@ def test_shared_inits_are_listed_once_deepest_first():
     deeper = INIT.replace(init=INIT.with_train(seed=200))
     assert runs.shared_inits(GRID) == [INIT]
     assert runs.shared_inits([*GRID, KILLED.replace(init=deeper)]) == [INIT, INIT.with_train(seed=200), deeper]
+
+
+def _threads_and_pid():
+    import torch
+    return torch.get_num_threads(), os.getpid()
+
+
+def test_worker_pool_gives_one_thread_workers_or_none():
+    from medsoup.runs.workers import worker_pool
+    with worker_pool(2) as pool:
+        answers = [pool.submit(_threads_and_pid).result() for _ in range(4)]
+    assert {threads for threads, _ in answers} == {1}
+    assert os.getpid() not in {pid for _, pid in answers}
+    for workers in (0, 1):
+        with worker_pool(workers) as pool:
+            assert pool is None
+    with pytest.raises(ValueError, match="workers must be a whole number >= 0"):
+        with worker_pool(-1):
+            pass
