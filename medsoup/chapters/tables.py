@@ -311,8 +311,8 @@ def headline(table: pd.DataFrame) -> str:
     if "paper_effect" in nulls and nulls["paper_effect"].notna().any():
         known = nulls[nulls["paper_effect"].notna()]
         blind = int((known["mde"] > known["paper_effect"].abs()).sum())
-        text += (f"; of the {len(known)} nulls with the paper's effect at hand, {blind} could not have detected it"
-                 f" (MDE above it)")
+        text += (f"; of the {len(known)} null result{'s' if len(known) != 1 else ''} with the paper's effect at hand, "
+                 f"{blind} could not have detected it (MDE above it)")
     return text + "."
 
 
