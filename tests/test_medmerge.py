@@ -302,3 +302,56 @@ def test_w_agreement_compares_favoured_source_with_better_ft():
                           for src, f1 in (("b", 0.7), ("c", 0.6))])
     assert mr.w_agrees_with_ft(s, table, {"t": [0.6, 0.7]}) == {"t": True}
     assert mr.w_agrees_with_ft(s, table, {"t": [0.4, 0.3]}) == {"t": False}
+
+
+def test_fixed_w_control_keeps_the_plain_average_through_lp(pair):
+    """w_trainable=False: w gets no gradient and stays at 0.5, so the baked kernels are (K_b + K_c) / 2."""
+    data = tiny("breastmnist")
+    model = merged_model(pair, w_trainable=False)
+    model.template.reset_classifier(data.num_classes)
+    assert {n for n, p in model.named_parameters() if p.requires_grad}.isdisjoint({f"w.{i}" for i in range(6)})
+    fit(model, data, TINY_TRAIN.replace(epochs=1, restore_best=False), progress=False)
+    assert all(torch.equal(w, torch.full_like(w, 0.5)) for w in model.weights().values())
+    b, c = (p.state_dict() for p in pair)
+    baked = mm.baked_state(model)
+    for key in [k for group in model.groups.values() for k in group]:
+        assert torch.allclose(baked[key], (b[key] + c[key]) / 2, atol=1e-7), key
+
+
+@pytest.mark.parametrize("bn_source", ["b", "c"])
+def test_batchnorm_from_one_source_keeps_the_merged_kernels(pair, bn_source):
+    model = merged_model(pair, bn_source=bn_source)
+    source = dict(zip("bc", (p.state_dict() for p in pair)))[bn_source]
+    state = model.template.state_dict()
+    for key in ("features.1.weight", "features.1.running_var", "features.18.bias", "features.4.num_batches_tracked"):
+        assert torch.equal(state[key], source[key]), key
+    assert torch.equal(model.merged_tensors()["features.0.weight"], merged_model(pair).merged_tensors()["features.0.weight"])
+    with pytest.raises(ValueError, match="unknown bn_source 'a'; valid: mean, b, c"):
+        merged_model(pair, bn_source="a")
+
+
+def test_zeros_merge_needs_frozen_batchnorm_for_w_to_matter(pair):
+    """Source c zeros: a merged kernel is w_j K_j(b), a per-channel scale. Trainable BatchNorm in training
+    mode divides it out (w gets next to no gradient); frozen BatchNorm (eval mode) keeps it."""
+    b = pair[0].state_dict()
+    zeros = mm.zeroed_kernels(b, [k for group in mm.merged_keys(pair[0]).values() for k in group])
+    x, y = torch.randn(16, 3, 28, 28), torch.randint(0, 3, (16,))
+    grads = {}
+    for trainable in (True, False):
+        torch.manual_seed(0)
+        model = mm.MedMergeModel(create_model("smallcnn", 3), b, zeros, ARCH, bn_trainable=trainable).train()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads[trainable] = sum(float(w.grad.abs().sum()) for w in model.w)
+    assert grads[False] > 100 * grads[True]  # (not 0: BatchNorm's eps keeps a trace of the scale)
+
+
+def test_builder_passes_the_controls(run_cache):
+    b, c = trained_like(2, 1), trained_like(5, 2)
+    paths = [str(save_checkpoint(run_cache / name, model.state_dict(), {"architecture": ARCH}))
+             for name, model in (("b", b), ("c", c))]
+    config = RunConfig(dataset="breastmnist", builder="medmerge",
+                       builder_params={"source_b": paths[0], "source_c": paths[1], "w_trainable": False,
+                                       "bn_source": "c"})
+    model = builders.MedMergeBuilder.build(config, tiny("breastmnist"))
+    assert not any(w.requires_grad for w in model.w)
+    assert torch.equal(model.template.state_dict()["features.1.running_mean"], c.state_dict()["features.1.running_mean"])

@@ -28,6 +28,9 @@ Choices the paper leaves open, fixed here and compared in the ablations:
   paper reports as no better); a convolution's bias, where present, belongs to its kernel;
 * BatchNorm's ``num_batches_tracked`` is the maximum of the two sources (as in
   :func:`medsoup.merging.statedict.average`);
+* two controls, not in the paper: ``w_trainable=False`` holds every ``w`` at its start (0.5: the plain
+  average of the two sources' kernels) through the LP stage, and ``bn_source="b"`` or ``"c"`` starts
+  BatchNorm from one source instead of the mean (:func:`initial_batchnorm`);
 * "merging with zeros" (Fig. 4) uses a copy of source ``b`` whose convolution kernels are zero
   and whose BatchNorm is ``b``'s (:func:`zeroed_kernels`), so only the kernels differ.
 
@@ -50,6 +53,7 @@ from medsoup.merging.statedict import StateDict, average
 
 PARAMETRISATIONS = ("sigmoid", "clamp")
 MERGE_LEVELS = ("kernel", "parameter")
+BN_SOURCES = ("mean", "b", "c")
 
 
 class IncompatibleSourcesError(ValueError):
@@ -119,6 +123,24 @@ def merged_keys(model: nn.Module) -> dict[str, list[str]]:
             for name, conv in conv_layers(model)}
 
 
+def initial_batchnorm(state_b: StateDict, state_c: StateDict, keys: list[str],
+                      bn_source: str = "mean") -> dict[str, torch.Tensor]:
+    """The BatchNorm tensors ``keys`` (affine parameters and running statistics) the LP stage starts from.
+
+    ``"mean"`` is the paper's (Sec. 2: "we initialize the batch normalization layers for
+    hat-theta as the mean of the corresponding layers in the aggregated models"), with
+    ``num_batches_tracked`` the maximum (:func:`~medsoup.merging.statedict.average`); ``"b"`` or ``"c"``
+    copies one source's, a control that keeps the merged kernels
+    ``theta_Kj = w_j theta_Kj(b) + (1 - w_j) theta_Kj(c)`` and changes only where BatchNorm starts.
+    """
+    if bn_source not in BN_SOURCES:
+        raise ValueError(f"unknown bn_source {bn_source!r}; valid: {', '.join(BN_SOURCES)}")
+    if bn_source == "mean":
+        return average([{k: state_b[k] for k in keys}, {k: state_c[k] for k in keys}])
+    source = state_b if bn_source == "b" else state_c
+    return {k: source[k].detach().clone() for k in keys}
+
+
 def zeroed_kernels(state: StateDict, keys: list[str]) -> dict[str, torch.Tensor]:
     """A copy of ``state`` with the tensors ``keys`` (the convolution kernels) set to zero: the
     "zeros initialisation" of the paper's Fig. 4, with every other entry (BatchNorm) kept."""
@@ -132,7 +154,8 @@ class MedMergeModel(nn.Module):
     its convolution weights are replaced by the merged kernels at every forward. ``architecture``
     (``name, num_classes, in_chans, img_size`` for :func:`~medsoup.core.models.create_model`) is what
     :func:`bake` builds. Parameters: ``w`` (raw values, 0 = equal merge; ``w_scale`` multiplies them
-    before the sigmoid or clamp), BatchNorm (trainable
+    before the sigmoid or clamp; held where they start, as a fixed equal merge, with ``w_trainable=False``),
+    BatchNorm (started from :func:`initial_batchnorm` of ``bn_source``, trainable
     unless ``bn_trainable=False``, in which case it also stays in eval mode) and the head. The
     source kernels are non-persistent buffers: they move with ``.to()`` but are not trained,
     checkpointed or counted as parameters.
@@ -140,7 +163,7 @@ class MedMergeModel(nn.Module):
 
     def __init__(self, template: nn.Module, state_b: StateDict, state_c: StateDict, architecture: dict,
                  level: str = "kernel", parametrisation: str = "sigmoid", bn_trainable: bool = True,
-                 w_scale: float = 1.0):
+                 w_scale: float = 1.0, w_trainable: bool = True, bn_source: str = "mean"):
         super().__init__()
         if not w_scale > 0:
             raise ValueError(f"w_scale must be positive, got {w_scale!r}")
@@ -161,8 +184,7 @@ class MedMergeModel(nn.Module):
         if other:
             raise ValueError(f"MedMerge merges convolution kernels, BatchNorm and a linear head; {other[0]!r} "
                              f"is none of these ({len(other)} such tensors): use a CNN with BatchNorm")
-        template.load_state_dict(average([{k: state_b[k] for k in bns}, {k: state_c[k] for k in bns}]),
-                                 strict=False)
+        template.load_state_dict(initial_batchnorm(state_b, state_c, sorted(bns), bn_source), strict=False)
         modules = dict(template.named_modules())
         for name in self.groups:
             for attribute in ("weight", "bias"):
@@ -175,7 +197,7 @@ class MedMergeModel(nn.Module):
         self._keys = keys
         shapes = ([state_b[group[0]].shape[:1] for group in self.groups.values()] if level == "kernel"
                   else [state_b[k].shape for k in keys])
-        self.w = nn.ParameterList([nn.Parameter(torch.zeros(shape)) for shape in shapes])
+        self.w = nn.ParameterList([nn.Parameter(torch.zeros(shape), requires_grad=w_trainable) for shape in shapes])
         for m in template.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.requires_grad_(bn_trainable)

@@ -55,12 +55,14 @@ class MedMergeBuilder:
 
     ``builder_params``: ``source_b`` and ``source_c`` (a RunConfig, "imagenet", a checkpoint path;
     ``source_c`` may be "zeros"), and optionally ``level`` ("kernel"), ``parametrisation``
-    ("sigmoid"), ``bn_trainable`` (True) and ``w_scale`` (1: ``w = sigmoid(w_scale * raw)``, see
-    :mod:`medsoup.merging.medmerge`). Train the LP stage with ``linear_probe=False``: the
-    model itself decides which tensors are trainable.
+    ("sigmoid"), ``bn_trainable`` (True), ``w_scale`` (1: ``w = sigmoid(w_scale * raw)``, see
+    :mod:`medsoup.merging.medmerge`), ``w_trainable`` (True; False holds ``w`` at 0.5, the plain average
+    of the kernels) and ``bn_source`` ("mean"; "b" or "c": BatchNorm from one source). Train the LP stage
+    with ``linear_probe=False``: the model itself decides which tensors are trainable.
     """
 
-    OPTIONS = ("source_b", "source_c", "level", "parametrisation", "bn_trainable", "w_scale")
+    OPTIONS = ("source_b", "source_c", "level", "parametrisation", "bn_trainable", "w_scale", "w_trainable",
+               "bn_source")
 
     @staticmethod
     def build(config, data, cache=None) -> MedMergeModel:
@@ -78,7 +80,8 @@ class MedMergeBuilder:
         template = create_model(arch["name"], arch["num_classes"], arch["in_chans"], arch["img_size"])
         return MedMergeModel(template, state_b, state_c, arch, level=params.get("level", "kernel"),
                              parametrisation=params.get("parametrisation", "sigmoid"),
-                             bn_trainable=params.get("bn_trainable", True), w_scale=params.get("w_scale", 1.0))
+                             bn_trainable=params.get("bn_trainable", True), w_scale=params.get("w_scale", 1.0),
+                             w_trainable=params.get("w_trainable", True), bn_source=params.get("bn_source", "mean"))
 
     @staticmethod
     def export(model: MedMergeModel, config, data) -> tuple[nn.Module, dict]:
