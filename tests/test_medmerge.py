@@ -242,10 +242,14 @@ def test_cpu_profile_merges_imagenet_with_a_medical_lite0_and_lets_w_move():
         assert b == "imagenet" and c not in s["targets"]
         source = mr.source_config(s, c)
         assert source.init == "imagenet" and source.model == s["model"] and source.train.seed == 0
-        assert source.train_subset <= 1000
+        # source c trained to convergence: the full PneumoniaMNIST split, the recipe study's 5-epoch arm
+        assert source.dataset == "pneumoniamnist" and source.train_subset is None
+        assert (source.train.epochs, source.train.lr, source.train.weight_decay, source.train.batch_size,
+                source.train.schedule, source.train.augment) == (5, 1e-3, 1e-4, 64, "multistep", "medium")
         assert mr.medmerge_lp_run(s, target, 0).builder_params["w_scale"] == s["w_scale"]
         assert mr.w_bound(s, target, 1.0) < 0.005 < 0.2 < mr.w_bound(s, target)
-    assert [a for a, _, _ in mr.approaches(s, "breastmnist", 0)] == ["FT", "FT", "LP-FT", "LP-FT", "MedMerge"]
+    assert [a for a, _, _ in mr.approaches(s, "breastmnist", 0)] == ["FT", "FT", "LP-FT", "LP-FT", "MedMerge",
+                                                                  *mr.CONTROLS]
     assert s["ablation_seeds"] == (0, 1, 2) and set(s["ablation_ft"]) <= set(mr.ABLATIONS)
     assert list(mr.ablations(s, "breastmnist")) == list(mr.ABLATIONS)
 
@@ -325,7 +329,8 @@ def test_batchnorm_from_one_source_keeps_the_merged_kernels(pair, bn_source):
     state = model.template.state_dict()
     for key in ("features.1.weight", "features.1.running_var", "features.18.bias", "features.4.num_batches_tracked"):
         assert torch.equal(state[key], source[key]), key
-    assert torch.equal(model.merged_tensors()["features.0.weight"], merged_model(pair).merged_tensors()["features.0.weight"])
+    kernels = model.merged_tensors()["features.0.weight"]
+    assert torch.equal(kernels, merged_model(pair).merged_tensors()["features.0.weight"])
     with pytest.raises(ValueError, match="unknown bn_source 'a'; valid: mean, b, c"):
         merged_model(pair, bn_source="a")
 
@@ -354,4 +359,21 @@ def test_builder_passes_the_controls(run_cache):
                                        "bn_source": "c"})
     model = builders.MedMergeBuilder.build(config, tiny("breastmnist"))
     assert not any(w.requires_grad for w in model.w)
-    assert torch.equal(model.template.state_dict()["features.1.running_mean"], c.state_dict()["features.1.running_mean"])
+    key = "features.1.running_mean"
+    assert torch.equal(model.template.state_dict()[key], c.state_dict()[key])
+
+
+def test_controls_change_one_builder_option_of_medmerge_and_smoke_keeps_a_small_source():
+    s = mr.MEDMERGE["cpu"]
+    rows = {a: config for a, _, config in mr.approaches(s, "breastmnist", 0)}
+    medmerge = rows["MedMerge"]
+    fixed, own_bn = rows["MedMerge, w fixed at 0.5"], rows["MedMerge, BN of source c"]
+    for control, option in ((fixed, {"w_trainable": False}), (own_bn, {"bn_source": "c"})):
+        assert control.train == medmerge.train and control.init.train == medmerge.init.train
+        assert control.init.builder_params == {**medmerge.init.builder_params, **option}
+    assert mr.method_name(s, "breastmnist", "MedMerge, BN of source c", "imagenet+pneumoniamnist") == \
+        "MedMerge, BN of source c"
+    # merging with zeros runs with BatchNorm frozen (trainable BatchNorm divides a per-channel scale out)
+    assert mr.ABLATIONS["source b + zeros"] == {"source_c": "zeros", "bn_trainable": False}
+    smoke = mr.source_config(mr.MEDMERGE["smoke"], "retinamnist")
+    assert smoke.train_subset == 64 and smoke.train.epochs == 1

@@ -7,7 +7,9 @@ ImageNet and source c a backbone fine-tuned from ImageNet on another medical dat
 * **FT**: fine-tune from one source (a new head: the source's is never kept);
 * **LP-FT** (Kumar et al. 2022): linear probe (head and BatchNorm) from one source, then FT;
 * **MedMerge**: the MedMerge LP stage (``builder="medmerge"``) from both sources, then FT of the
-  baked model.
+  baked model;
+* two controls (:data:`CONTROLS`), MedMerge with one thing changed: ``w`` held at 0.5 (the plain average
+  of the sources' kernels) and BatchNorm from source c instead of the mean of the two.
 
 The LP stages share one train config (BatchNorm trainable in both), so LP-FT and MedMerge differ
 only by the learnt merge; the FT stages share another.
@@ -31,19 +33,33 @@ from medsoup.merging.medmerge import merged_keys, recover_weights
 from medsoup.runs.builders import source_state
 from medsoup.runs.store import RunConfig, RunResult, run, run_many
 
-#: Ablations of the MedMerge LP stage (builder options); "zeros" merges source b with zeros, and
-#: ``w_scale=1`` is the plain sigmoid (``w`` then barely moves in a short LP stage).
+#: Ablations of the MedMerge LP stage (builder options); "zeros" merges source b with zeros (with
+#: BatchNorm frozen, see below), and ``w_scale=1`` is the plain sigmoid (``w`` then barely moves in a short LP stage).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "MedMerge (sigmoid, kernel, BN trainable)": {},
     "clamp instead of sigmoid": {"parametrisation": "clamp"},
     "parameter level": {"level": "parameter"},
     "BN frozen during LP": {"bn_trainable": False},
-    "source b + zeros": {"source_c": "zeros"},
+    # BatchNorm frozen (source b's, in eval mode): a zero source c makes each merged kernel w_j K_j(b), a
+    # per-channel scale that trainable BatchNorm in training mode divides out, leaving w no gradient.
+    "source b + zeros": {"source_c": "zeros", "bn_trainable": False},
     "w_scale 1 (plain sigmoid)": {"w_scale": 1.0},
 }
 
 #: The ablation every other one is compared with.
 DEFAULT_ABLATION = next(iter(ABLATIONS))
+
+#: Controls beside MedMerge in Table 1 (builder options of its LP stage; FT as MedMerge's). "w fixed at 0.5":
+#: the same merged model with every ``w`` held at its start, the plain average of the two sources' kernels,
+#: so what the learnt ``w`` adds is MedMerge minus it. "BN of source c": the learnt merge with BatchNorm
+#: (parameters and statistics) started from source c instead of the mean of the two sources. Source c because
+#: its BatchNorm was fitted to medical images through this chapter's input pipeline (size, grey channel
+#: repeated), the kind of input the target task feeds it, where source b's (ImageNet) was fitted to natural
+#: colour images at 224 px; BatchNorm stays trainable, as in MedMerge, so only where it starts differs.
+CONTROLS: dict[str, dict[str, Any]] = {
+    "MedMerge, w fixed at 0.5": {"w_trainable": False},
+    "MedMerge, BN of source c": {"bn_source": "c"},
+}
 
 #: The paper's settings (Almakky et al., Sec. 3): DenseNet-121 at 224 px, AdamW 1e-4 (LP) and 1e-5 (FT), 50
 #: epochs each, w trained as it is (``w_scale`` 1). Its generic + same-modality sources are approached by
@@ -68,17 +84,21 @@ _CPU: dict[str, Any] = dict(
     # Source b ImageNet as in the paper; source c Lite0 fine-tuned from ImageNet on PneumoniaMNIST (X-ray): the
     # one other offline medical dataset, so not the target's modality (no same-modality source is offline).
     sources={t: ("imagenet", "pneumoniamnist") for t in CPU_TARGETS},
-    # Source c: 3 epochs on 1000 PneumoniaMNIST images from ImageNet (seed 0), lr 3e-4 (full fine-tuning of a
-    # pretrained Lite0: a one-seed probe preferred 3e-4 to 1e-3), batch 64, weight decay and augmentation of
-    # the book's cpu recipe: about a minute on two cores.
-    source_recipe=dict(_PAPER["source_recipe"], epochs=3, train_subset=1000, lr=3e-4, batch_size=64,
+    # Source c trained to convergence on its source task (issue 23): Lite0 from ImageNet (seed 0) on the full
+    # PneumoniaMNIST training split at 28 px, 5 epochs, AdamW lr 1e-3, weight decay 1e-4, batch 64, lr x0.1 at
+    # 50% and 75% (multistep), medium augmentation: the recipe benchmarks/recipe_study.py picked for
+    # PneumoniaMNIST (its arm "28 px, 5 ep"; test AUC and ACC over seeds 0-2 in
+    # benchmarks/results/recipe_study.txt: within issue 23's bar of MedMNIST v2's ResNet-18 (28)).
+    source_recipe=dict(_PAPER["source_recipe"], epochs=5, train_subset=None, lr=1e-3, batch_size=64,
                        weight_decay=1e-4, augment="medium"),
     seeds=(0, 1, 2, 3, 4),  # five seeds per paired comparison (issue 10)
     train_subset=400,  # 400 stratified training images per target: scarce data, and it fits two cores
-    lp_epochs=2,  # 2 LP + 3 FT epochs (14 + 21 steps): the budget of 5 seeds x 2 targets x 5 approaches
+    lp_epochs=2,  # 2 LP + 3 FT epochs (14 + 21 steps): the budget of 5 seeds x 2 targets x 7 approaches (2 controls)
     lp_lr=1e-3,  # 10x the paper's: 14 LP steps, not 50 epochs, for the new head
     ft_epochs=3,
-    ft_lr=3e-4,  # full fine-tuning of a pretrained Lite0 (the probe above); the paper's 1e-5 barely moves in 21 steps
+    # full fine-tuning of a pretrained Lite0: a one-seed probe preferred 3e-4 to 1e-3; the paper's 1e-5 barely
+    # moves in 21 steps
+    ft_lr=3e-4,
     # Adam moves raw w by ~lp_lr a step, so w's logit by ~w_scale * lp_lr: at w_scale 1, 14 steps leave w
     # within 0.0035 of 0.5; at 100 its logit may move up to 1.4 (w in [0.20, 0.80]).
     w_scale=100.0,
@@ -91,13 +111,13 @@ _CPU: dict[str, Any] = dict(
 
 #: One CUDA GPU, offline: the cpu profile's Lite0 at its ImageNet resolution, every target image, 10 seeds,
 #: longer stages. Not yet measured on a GPU: sized by an estimate of ~4,000 training images/s for Lite0 at
-#: 224 px in bfloat16 on an H100: 2 targets x 10 seeds x (4 FT x 10 + 3 LP x 5 epochs) x ~810 images = 0.9 M
-#: image-passes, about 4 minutes.
+#: 224 px in bfloat16 on an H100: 2 targets x 10 seeds x (7 FT x 10 + 5 LP x 5 epochs) x ~810 images = 1.5 M
+#: image-passes, about 6 minutes, plus source c (5 epochs of 4,708 images).
 _GPU: dict[str, Any] = dict(
     _CPU,
     size=224,  # Lite0's ImageNet resolution (stride-2 stem as pre-trained) ...
     file_size=28,  # ... from the offline 28 px files, resized on the GPU (medsoup.core.data.load_dataset)
-    source_recipe=dict(_CPU["source_recipe"], epochs=5, train_subset=2000, batch_size=128),
+    source_recipe=dict(_CPU["source_recipe"], batch_size=128),  # the cpu recipe (full split, 5 epochs), batch 128
     seeds=tuple(range(10)),  # 10 seeds per paired comparison
     train_subset=None,  # every target training image (546 and 1080)
     batch_size=128,
@@ -114,6 +134,7 @@ _SMOKE: dict[str, Any] = dict(
     # Source c on RetinaMNIST, one step: its validation and test splits (120 + 400 images) take a third of
     # PneumoniaMNIST's (524 + 624) to evaluate, which dominates a one-step run.
     sources={"breastmnist": ("imagenet", "retinamnist")},
+    # Its own small source recipe (the cpu one trains on every PneumoniaMNIST image): one epoch on 64 images.
     source_recipe=dict(_CPU["source_recipe"], epochs=1, train_subset=64),
     # One seed: the code path only (tests/test_medmerge.py tests paired differences over seeds). Each Lite0 run
     # costs a few seconds of evaluation and checkpoints, and CI executes every notebook.
@@ -183,7 +204,8 @@ def medmerge_run(s: dict, target: str, seed: int, **options) -> RunConfig:
 
 def approaches(s: dict, target: str, seed: int) -> list[tuple[str, str, RunConfig]]:
     """``(approach, source, final RunConfig)`` for Table 1 on one target and seed: FT and LP-FT from
-    each source, and MedMerge (the paper's rows; FT from scratch is no transfer baseline and is left out)."""
+    each source, MedMerge (the paper's rows; FT from scratch is no transfer baseline and is left out) and
+    the :data:`CONTROLS`."""
     b, c = s["sources"][target]
     rows = []
     for source in (b, c):
@@ -191,13 +213,15 @@ def approaches(s: dict, target: str, seed: int) -> list[tuple[str, str, RunConfi
     for source in (b, c):
         rows.append(("LP-FT", source, lp_ft_run(s, target, source, seed)))
     rows.append(("MedMerge", f"{b}+{c}", medmerge_run(s, target, seed)))
+    for name, options in CONTROLS.items():
+        rows.append((name, f"{b}+{c}", medmerge_run(s, target, seed, **options)))
     return rows
 
 
 def method_name(s: dict, target: str, approach: str, source: str) -> str:
-    """The method label of an approach row: ``"FT (scratch)"``, ``"LP-FT (source b)"``, ``"MedMerge"``
-    (sources by their role for the target, so the label means the same on every target)."""
-    if approach == "MedMerge":
+    """The method label of an approach row: ``"FT (scratch)"``, ``"LP-FT (source b)"``, ``"MedMerge"``, a
+    control's name (sources by their role for the target, so the label means the same on every target)."""
+    if approach == "MedMerge" or approach in CONTROLS:
         return approach
     sources = s["sources"][target]
     return f"{approach} ({'source ' + 'bc'[sources.index(source)] if source in sources else source})"
@@ -212,7 +236,8 @@ def collect_table(s: dict, executor=None) -> pd.DataFrame:
     seed): test ACC, macro F1, AUC (and recall), ``val_auc``, ``approach`` and ``source`` (runs as needed)."""
     entries = [((target, approach, source), config) for target in s["targets"] for seed in s["seeds"]
                for approach, source, config in approaches(s, target, seed)]
-    return pd.DataFrame([row("MedMerge", method_name(s, t, approach, source), "method" if approach == "MedMerge" else "baseline",
+    roles = {"MedMerge": "method", **dict.fromkeys(CONTROLS, "control")}
+    return pd.DataFrame([row("MedMerge", method_name(s, t, approach, source), roles.get(approach, "baseline"),
                              t, config.train.seed, r.test, val_auc=r.val["auc"], approach=approach, source=source)
                          for (t, approach, source), config, r in _collect(entries, executor)])
 
