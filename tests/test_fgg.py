@@ -122,11 +122,12 @@ def test_lmc_pairs_differ_in_one_hyperparameter_only():
             differs = {k for k in ("lr", "augment", "seed") if getattr(ta, k) != getattr(tb, k)}
             assert differs == {{"seed": "seed", "augmentation": "augment", "learning rate": "lr"}[kind]}, (profile, kind)
             assert a in grid  # the first run is always this zoo's (a run-cache hit after notebook 20)
-    cpu = settings(FISSIONFUSION, "cpu")
-    a, b = ff.lmc_pairs(cpu, "retinamnist", 4)["seed"]
-    assert b in ff.grid_runs(cpu, "retinamnist", 0) and a.init != b.init  # the next zoo, wrapping around
-    one = dict(cpu, seeds=(0,))
-    assert "seed" not in ff.lmc_pairs(one, "retinamnist", 0)
+    for profile in ("smoke", "cpu"):  # two grid seeds (both replicates in the grid), one (replicate 1 beside it)
+        s = settings(FISSIONFUSION, profile)
+        a, b = ff.lmc_pairs(s, s["datasets"][0], 0)["seed"]
+        assert a.init == b.init and a.init.train.seed == 0  # the same warm-up: only the fine-tuning seed differs
+        assert a.replace(train=a.train.replace(seed=b.train.seed)) == b
+        assert (b in ff.grid_runs(s, s["datasets"][0], 0)) == (s["grid_seeds"] > 1)
 
 
 @pytest.mark.skipif(real_file("breastmnist") is None, reason="breastmnist.npz not available")

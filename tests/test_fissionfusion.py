@@ -50,6 +50,7 @@ def test_barrier_rows_keep_the_numbers():
                  "barrier (loss)": 0.005}]
     (row,) = ff.barrier_rows(barriers, 3)
     assert row["method"] == "interpolation, only seed differs" and row["seed"] == 3 and row["recalibrate"]
+    assert row["split"] == ff.LANDSCAPE_SPLIT == "val"
     assert (row["barrier_metric"], row["barrier"], row["barrier_loss"]) == ("f1", 0.02, 0.005)
 
 

@@ -9,6 +9,7 @@ import torch
 from medsoup.core.bn import evaluate_state
 from medsoup.core.models import create_model
 from medsoup.merging.landscape import (
+    LMCCurve,
     StateMixer,
     barrier,
     filter_normalized_direction,
@@ -17,6 +18,7 @@ from medsoup.merging.landscape import (
     plane_basis,
     plane_landscape,
     random_landscape,
+    seed_noise_floor,
 )
 from tests.conftest import tiny
 
@@ -83,6 +85,19 @@ def test_barrier():
     assert barrier(lam, [1.0, 1.5, 2.0, 1.2, 1.0], higher_is_better=False) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         barrier([0.0], [1.0])
+
+
+def test_seed_noise_floor_is_the_pooled_std_of_the_seed_pairs_endpoints():
+    def curve(a, b):  # lambda = 0 is model B, lambda = 1 model A; the middle point must not count
+        return LMCCurve([0.0, 0.5, 1.0], [{"loss": b}, {"loss": 9.0}, {"loss": a}])
+
+    one = seed_noise_floor([curve(1.0, 1.2)], "loss")
+    assert one == pytest.approx(np.std([1.0, 1.2], ddof=1))  # two models: their sample std
+    pooled = seed_noise_floor([curve(1.0, 1.2), curve(0.5, 0.5), curve(2.0, 1.6)], "loss")
+    assert pooled == pytest.approx(np.sqrt((0.2 ** 2 + 0.0 + 0.4 ** 2) / 2 / 3))
+    assert seed_noise_floor([curve(0.7, 0.7)], "loss") == 0.0
+    with pytest.raises(ValueError, match="at least one seed pair"):
+        seed_noise_floor([], "loss")
 
 
 def test_barrier_definitions_on_a_hand_made_curve():

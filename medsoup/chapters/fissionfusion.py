@@ -173,7 +173,9 @@ def warmup_run(s: dict, dataset: str, seed: int) -> RunConfig:
 
 
 def grid_run(s: dict, dataset: str, seed: int, lr: float, augment: str, replicate: int) -> RunConfig:
-    """One grid-search model: full fine-tuning from theta_0 (AdamW, cosine)."""
+    """One grid-search model: full fine-tuning from theta_0 (AdamW, cosine) with the seed
+    ``seed * grid_seeds + replicate`` (replicate ``grid_seeds`` and above: a run beside the zoo's grid, from
+    the same theta_0, such as notebook 21's seed pair with one grid seed)."""
     return warmup_run(s, dataset, seed).replace(
         init=warmup_run(s, dataset, seed),
         train=_train(s, dataset, lr=lr, augment=augment, seed=seed * s["grid_seeds"] + replicate))
@@ -320,25 +322,22 @@ def bn_pairs(methods) -> list[tuple[dict, dict]]:
 
 #: The pair kinds of notebook 21's LMC curves: zoo members that differ in one hyperparameter only.
 PAIR_KINDS = ("seed", "augmentation", "learning rate")
+#: The split notebook 21's planes, slices, LMC curves and barriers are measured on (the paper's Fig. 1 and
+#: Appendix B1 use validation data; the test split stays for the chapter's verdicts).
+LANDSCAPE_SPLIT = "val"
 
 
 def lmc_pairs(s: dict, dataset: str, seed: int) -> dict[str, tuple[RunConfig, RunConfig]]:
     """Notebook 21's pairs of grid-search runs (:func:`grid_run`, so run-cache hits after notebook 20),
     per kind of :data:`PAIR_KINDS`, at the middle learning rate and the last augmentation unless that
     is what differs: ``learning rate``: the largest against the smallest rate; ``augmentation``: the
-    first against the last; ``seed``: replicates 0 and 1 of the zoo, or, with one grid seed, this
-    zoo's run against the same grid point of the next zoo seed of ``s["seeds"]`` (its warm-up and
-    fine-tuning seeds differ; both start from the same pre-trained backbone). A kind the settings
-    cannot form (one rate, one augmentation, one seed) is left out."""
+    first against the last; ``seed``: replicates 0 and 1 of that grid point, fine-tuned from the same
+    warm-up (theta_0 of this zoo) with different seeds, so that only the fine-tuning seed differs (with
+    one grid seed, replicate 1 is a run of its own, trained for this pair). A kind the settings cannot
+    form (one rate, one augmentation) is left out."""
     lrs, augs = s["lrs"], s["augments"]
     lr, aug = lrs[len(lrs) // 2], augs[-1]
-    out = {}
-    if s["grid_seeds"] > 1:
-        out["seed"] = (grid_run(s, dataset, seed, lr, aug, 0), grid_run(s, dataset, seed, lr, aug, 1))
-    elif len(s["seeds"]) > 1:
-        seeds = list(s["seeds"])
-        other = seeds[(seeds.index(seed) + 1) % len(seeds)]
-        out["seed"] = (grid_run(s, dataset, seed, lr, aug, 0), grid_run(s, dataset, other, lr, aug, 0))
+    out = {"seed": (grid_run(s, dataset, seed, lr, aug, 0), grid_run(s, dataset, seed, lr, aug, 1))}
     if len(augs) > 1:
         out["augmentation"] = (grid_run(s, dataset, seed, lr, augs[0], 0), grid_run(s, dataset, seed, lr, aug, 0))
     if len(lrs) > 1:
@@ -349,14 +348,14 @@ def lmc_pairs(s: dict, dataset: str, seed: int) -> dict[str, tuple[RunConfig, Ru
 def barrier_rows(barriers: list[dict], seed: int | None = None) -> list[dict]:
     """Long rows of the landscape notebook's barrier records (``dataset``, ``seed`` (else ``seed``),
     ``pair differs in``, ``BN``, ``barrier (<metric>)``, ``barrier (loss)``, optionally ``aligned``): method
-    ``interpolation, only <kind> differs`` (:func:`interpolation`), ``recalibrate``, ``barrier_metric``,
-    ``barrier`` and ``barrier_loss``."""
+    ``interpolation, only <kind> differs`` (:func:`interpolation`), ``recalibrate``, ``split``
+    (:data:`LANDSCAPE_SPLIT`), ``barrier_metric``, ``barrier`` and ``barrier_loss``."""
     out = []
     for b in barriers:
         metric = next(k[len("barrier ("):-1] for k in b if k.startswith("barrier (") and k != "barrier (loss)")
         out.append(row("FissionFusion", interpolation(b["pair differs in"], b.get("aligned", False)), "measurement",
-                       b["dataset"], b.get("seed", seed), recalibrate=b["BN"] == "BN recomputed", barrier_metric=metric,
-                       barrier=b[f"barrier ({metric})"], barrier_loss=b["barrier (loss)"]))
+                       b["dataset"], b.get("seed", seed), recalibrate=b["BN"] == "BN recomputed", split=LANDSCAPE_SPLIT,
+                       barrier_metric=metric, barrier=b[f"barrier ({metric})"], barrier_loss=b["barrier (loss)"]))
     return out
 
 

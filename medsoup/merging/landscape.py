@@ -139,6 +139,21 @@ def barrier(lambdas: Sequence[float], values: Sequence[float], higher_is_better:
     return float(max(gap.max(), 0.0))
 
 
+def seed_noise_floor(curves: Sequence[LMCCurve], metric: str) -> float:
+    """A single point's noise floor for barriers in ``metric``: the standard deviation of ``metric``
+    between models that differ only in their fine-tuning seed, pooled over seed pairs.
+
+    Each curve of ``curves`` joins two such models (its endpoints, lambda = 0 and 1); a pair's variance
+    estimate is ``(v_A - v_B)^2 / 2`` and the floor is the square root of its mean over the pairs,
+    ``sqrt(mean_pairs (v_A - v_B)^2 / 2)``. A barrier (:func:`barrier`) of this size is what seed alone
+    moves one model's value by, so it cannot be told from a second seed's model. Costs nothing: the
+    endpoints are already evaluated."""
+    if not curves:
+        raise ValueError("seed_noise_floor needs at least one seed pair's curve")
+    gaps = np.array([c.metrics[0][metric] - c.metrics[-1][metric] for c in curves], dtype=float)
+    return float(np.sqrt(np.mean(gaps ** 2 / 2)))
+
+
 # --- Garipov et al.'s plane through three models ------------------------------------------------
 
 @dataclass
