@@ -21,6 +21,7 @@ def test_majority_scores_are_those_of_predicting_the_training_majority_for_every
     scores = collapse.majority_scores(_data())
     # class 1 for all 20 test images, 12 right: ACC 0.6; F1 of class 1 is 2 * 0.6 / 1.6 = 0.75, of class 0 zero
     assert scores["acc"] == pytest.approx(0.6) and scores["f1"] == pytest.approx(0.375)
+    assert scores["auc"] == 0.5  # a constant score ranks no positive above a negative
 
 
 def test_against_majority_counts_seeds_at_it_and_the_margin_above():

@@ -1,25 +1,26 @@
 """The baseline record: the book's plain recipe on each dataset over seeds, against MedMNIST v2.
 
 ``python -m medsoup.chapters.baselines --profile cpu`` trains (or loads from the run cache) the
-:data:`BASELINE` recipe and writes ``results/baselines.json``: the recipe, seeds,
-per-seed test metrics, mean and std, wall times, machine and versions, and the published
-MedMNIST v2 ResNet-18 (28) numbers it is compared with (Yang et al. 2023, Table 3).
+:data:`BASELINE` recipe and writes ``results/baselines.json`` in the envelope of every results file
+(:func:`medsoup.runs.results.write_results`: profile, settings (the recipe), code version, time and the
+long per-seed ``rows`` of test metrics, best epoch and wall time), with ``datasets``: per dataset the mean,
+std and n of each metric, the summed wall time and the published MedMNIST v2 ResNet-18 (28) numbers it is
+compared with (Yang et al. 2023, Table 3), and the ``machine`` and package ``versions``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from medsoup.core.checkpoint import atomic_write_text
+from medsoup.chapters.tables import row
 from medsoup.core.metrics import METRICS
 from medsoup.core.stats import summarise
 from medsoup.core.train import TrainConfig
-from medsoup.runs.profiles import CPU_DATASETS, resolve_profile, settings
-from medsoup.runs.provenance import code_version, machine, package_versions
-from medsoup.runs.results import RESULTS_DIR
+from medsoup.runs.profiles import CPU_DATASETS, settings
+from medsoup.runs.provenance import machine, package_versions
+from medsoup.runs.results import RESULTS_DIR, write_results
 from medsoup.runs.store import RunConfig, run_many
 
 #: MedMNIST v2 (Yang et al., Scientific Data 2023, Table 3), ResNet-18 (28), test ACC / AUC.
@@ -83,16 +84,16 @@ def baseline_run(recipe: dict[str, Any], dataset: str, seed: int) -> RunConfig:
                      train_subset=recipe["train_subset"], train=train)
 
 
-def baseline_record(profile: str = "cpu", executor=None, **overrides) -> dict:
-    """Train/load the baseline runs of ``profile`` and summarise them per dataset."""
+def baseline_record(profile: str = "cpu", executor=None, **overrides) -> tuple[dict, list[dict], dict]:
+    """Train/load the baseline runs of ``profile``: its settings, the long per-seed rows (chapter
+    ``baselines``, method ``<model> recipe``, role ``baseline``) and the per-dataset summaries."""
     recipe = settings(BASELINE, profile, **overrides)
-    record = {"profile": resolve_profile(profile), "recipe": {k: v for k, v in recipe.items() if k not in ("profile", "overrides")},
-              "seeds": list(recipe["seeds"]), "datasets": {}, "code_version": code_version(),
-              "versions": package_versions(), "machine": machine()}
+    rows, datasets = [], {}
     for dataset in recipe["datasets"]:
         results = run_many([baseline_run(recipe, dataset, seed) for seed in recipe["seeds"]], executor)
-        entry = {"per_seed": [{"seed": seed, "best_epoch": r.best_epoch, "wall_time": r.wall_time,
-                               **{m: r.test[m] for m in METRICS}} for seed, r in zip(recipe["seeds"], results)]}
+        rows += [row("baselines", f"{recipe['model']} recipe", "baseline", dataset, seed, r.test, best_epoch=r.best_epoch,
+                     wall_time=r.wall_time) for seed, r in zip(recipe["seeds"], results)]
+        entry = {}
         for metric in METRICS:
             summary = summarise([r.test[metric] for r in results])
             entry[metric] = {"mean": summary.mean, "std": summary.std, "n": summary.n}
@@ -101,15 +102,16 @@ def baseline_record(profile: str = "cpu", executor=None, **overrides) -> dict:
             published = PUBLISHED_RESNET18_28[dataset]
             entry["published_resnet18_28"] = published
             entry["gap"] = {m: entry[m]["mean"] - published[m] for m in published}
-        record["datasets"][dataset] = entry
-    return record
+        datasets[dataset] = entry
+    return recipe, rows, datasets
 
 
-def markdown_table(record: dict) -> str:
-    """The record as a markdown table (mean ± std over n seeds vs published ResNet-18 (28))."""
+def markdown_table(datasets: dict) -> str:
+    """The per-dataset summaries of :func:`baseline_record` as a markdown table (mean ± std over n seeds vs
+    published ResNet-18 (28))."""
     lines = ["| dataset | ACC (ours) | AUC (ours) | ACC / AUC published ResNet-18 (28) | n seeds |",
              "|---|---|---|---|---|"]
-    for dataset, entry in record["datasets"].items():
+    for dataset, entry in datasets.items():
         published = entry.get("published_resnet18_28")
         ref = f"{published['acc']:.3f} / {published['auc']:.3f}" if published else "n/a"
         lines.append(f"| {dataset} | {entry['acc']['mean']:.3f} ± {entry['acc']['std']:.3f} | "
@@ -122,9 +124,10 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default="cpu", help="smoke, cpu, gpu, paper or auto (default cpu)")
     parser.add_argument("--out", default=RESULTS_DIR / "baselines.json", help="the record (default %(default)s)")
     args = parser.parse_args(argv)
-    record = baseline_record(args.profile)
-    atomic_write_text(Path(args.out), json.dumps(record, indent=1))
-    print(markdown_table(record))
+    recipe, rows, datasets = baseline_record(args.profile)
+    write_results("baselines", recipe, rows=rows, path=Path(args.out), datasets=datasets, versions=package_versions(),
+                  machine=machine())
+    print(markdown_table(datasets))
 
 
 if __name__ == "__main__":

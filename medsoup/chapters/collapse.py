@@ -20,15 +20,15 @@ from medsoup.core.metrics import compute_metrics
 
 
 def majority_scores(data: MedData) -> dict[str, float]:
-    """Test metrics of predicting the training split's most frequent class for every test image
-    (single-label tasks)."""
+    """Test ACC, AUC and F1 of predicting the training split's most frequent class for every test image
+    (single-label tasks; the AUC of a constant score is 0.5)."""
     if data.task == "multi-label":
         raise ValueError(f"{data.name}: a majority class is defined for single-label tasks, not multi-label")
     train, test = data.targets(data.splits["train"].labels), data.targets(data.splits["test"].labels)
     majority = int(torch.bincount(train, minlength=data.num_classes).argmax())
     logits = torch.zeros(len(test), data.num_classes)
     logits[:, majority] = 1.0
-    return {k: float(v) for k, v in compute_metrics(data.task, test, logits).items() if k in ("acc", "f1")}
+    return {k: float(v) for k, v in compute_metrics(data.task, test, logits).items() if k in ("acc", "auc", "f1")}
 
 
 def against_majority(rows: pd.DataFrame, majority: Mapping[str, float], metric: str = "f1",

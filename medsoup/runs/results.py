@@ -94,21 +94,24 @@ def check_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_results(stem: str, s: Mapping[str, Any], *, rows: Sequence[Mapping[str, Any]], root: str | Path = RESULTS_DIR,
-                  **payload) -> Path:
+                  path: str | Path | None = None, **payload) -> Path:
     """Write one notebook's results file atomically and return its path (see the module docstring).
 
     ``s``: the settings from :func:`medsoup.runs.profiles.settings` (``profile`` and ``overrides``
     included); ``rows``: the long per-seed rows (a DataFrame or a list of dicts); ``payload``: the
-    chapter's other records, under names that do not clash with the envelope.
+    chapter's other records, under names that do not clash with the envelope. ``path``: write there
+    instead of :func:`results_path` (a record its command places, such as ``results/baselines.json``);
+    its ``reference`` is then True when ``s`` has no overrides.
     """
     clash = sorted(set(payload) & set(ENVELOPE))
     if clash:
         raise ValueError(f"payload name(s) {', '.join(clash)} are envelope fields; envelope: {', '.join(ENVELOPE)}")
-    record = {"profile": s["profile"], "reference": is_reference(s),
+    reference = is_reference(s) if path is None else not s.get("overrides")
+    record = {"profile": s["profile"], "reference": reference,
               "settings": {k: v for k, v in s.items() if k not in ("profile", "overrides")},
               "overrides": dict(s.get("overrides") or {}), "code_version": code_version(),
               "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": check_rows(rows), **payload}
-    path = results_path(stem, s, root)
+    path = results_path(stem, s, root) if path is None else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1, default=to_json))
     return path
