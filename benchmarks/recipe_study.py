@@ -16,13 +16,16 @@ Beside each arm, the reference lines a chapter must beat or reach:
   published AUC - 0.02 and mean test ACC >= published ACC - 0.04 (``meets bar``).
 
 Runs go through ``medsoup.runs.store.run_many`` on ``--workers`` one-thread worker processes and the
-project's run store, so an interrupted study resumes where it stopped and a chapter that uses the
-same config reuses the run. Written: ``benchmarks/results/recipe_study.txt`` (the table, printed too)
-and ``benchmarks/results/recipe_study.json`` (per-seed test metrics, best epochs, seconds per run).
+project's run store, so an interrupted pass resumes where it stopped and a chapter that uses the
+same config reuses the run. The record is kept across passes: a pass trains only the arms
+``benchmarks/results/recipe_study.json`` does not hold yet (a code change alters every run key, so
+the store alone would retrain them; ``--rerun`` trains every arm again), and each arm says which
+pass (code version, load) measured it. Written: that file (per-seed test metrics, best epochs,
+seconds per run, run keys) and ``benchmarks/results/recipe_study.txt`` (the table, printed too).
 Seconds are wall seconds of one run on one thread while ``--workers`` runs share the machine (the
-load average before and after is printed: other jobs inflate them).
+load average before and after each pass is recorded: other jobs inflate them).
 
-    python benchmarks/recipe_study.py [--seeds 3] [--workers 2] [--datasets pneumoniamnist,...]
+    python benchmarks/recipe_study.py [--seeds 3] [--workers 2] [--datasets pneumoniamnist,...] [--rerun]
 """
 
 from __future__ import annotations
@@ -95,7 +98,40 @@ def majority_accuracy(dataset: str) -> float:
 
 def smallcnn_reference() -> dict:
     path = Path(__file__).resolve().parents[1] / "results" / "baselines.json"
-    return json.loads(path.read_text())["datasets"] if path.is_file() else {}
+    return json.loads(path.read_text()).get("datasets", {}) if path.is_file() else {}
+
+
+def arm_record(runs: list) -> dict:
+    """One arm's per-seed test metrics, best epochs, seconds and run keys."""
+    return {"config": runs[0].config, "code_version": runs[0].code_version, "per_seed": [
+        {"seed": r.config["train"]["seed"], "auc": r.test["auc"], "acc": r.test["acc"], "f1": r.test["f1"],
+         "best_epoch": r.best_epoch, "wall_time": r.wall_time, "key": r.key} for r in runs]}
+
+
+def table(record: dict) -> list[str]:
+    """The markdown table of every recorded arm beside the reference lines."""
+    smallcnn = smallcnn_reference()
+    lines = ["| dataset | recipe | test AUC | test ACC | meets bar | best epochs | s per run | pass |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dataset, entry in record["datasets"].items():
+        published, constant = PUBLISHED_RESNET18_28[dataset], entry["constant_acc"]
+        for name, arm in entry["arms"].items():
+            seeds = arm["per_seed"]
+            auc, acc = summarise([r["auc"] for r in seeds]), summarise([r["acc"] for r in seeds])
+            meets = auc.mean >= published["auc"] - AUC_MARGIN and acc.mean >= published["acc"] - ACC_MARGIN
+            lines.append(f"| {dataset} | Lite0 {name} | {auc.mean:.3f} ± {auc.std:.3f} | {acc.mean:.3f} ± {acc.std:.3f} | "
+                         f"{'yes' if meets else 'no'} | {' '.join(str(r['best_epoch']) for r in seeds)} | "
+                         f"{np.mean([r['wall_time'] for r in seeds]):.0f} | {arm['pass']} |")
+        if dataset in smallcnn:
+            ours = smallcnn[dataset]
+            lines.append(f"| {dataset} | smallcnn recipe (results/baselines.json, n={ours['auc']['n']}) | "
+                         f"{ours['auc']['mean']:.3f} ± {ours['auc']['std']:.3f} | "
+                         f"{ours['acc']['mean']:.3f} ± {ours['acc']['std']:.3f} | | | | |")
+        lines.append(f"| {dataset} | MedMNIST v2 ResNet-18 (28), published | {published['auc']:.3f} | "
+                     f"{published['acc']:.3f} | bar: AUC >= {published['auc'] - AUC_MARGIN:.3f}, "
+                     f"ACC >= {published['acc'] - ACC_MARGIN:.3f} | | | |")
+        lines.append(f"| {dataset} | constant classifier (training majority class) | 0.500 | {constant:.3f} | | | | |")
+    return lines
 
 
 def main(argv=None) -> None:
@@ -103,53 +139,42 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--datasets", default=",".join(CPU_DATASETS))
+    parser.add_argument("--rerun", action="store_true", help="train every arm again, not only those not yet recorded")
     args = parser.parse_args(argv)
     datasets = args.datasets.split(",")
-    entries = [(dataset, arm, seed) for dataset in datasets for arm in ARMS[dataset] for seed in range(args.seeds)]
+    path = RESULTS / "recipe_study.json"
+    record = json.loads(path.read_text()) if path.is_file() and not args.rerun else {"passes": [], "datasets": {}}
+    recorded = {(d, name) for d, entry in record["datasets"].items() for name in entry["arms"]}
+    entries = [(dataset, arm, seed) for dataset in datasets for arm in ARMS[dataset] for seed in range(args.seeds)
+               if (dataset, arm.name) not in recorded]
     load_before, start = os.getloadavg()[0], time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         results = run_many([arm.config(dataset, seed) for dataset, arm, seed in entries], pool)
-    wall = time.perf_counter() - start
-    smallcnn = smallcnn_reference()
-    record = {"base": BASE.__dict__ | {"milestones": list(BASE.milestones)}, "seeds": args.seeds,
-              "workers": args.workers, "wall_time": wall, "load_before": load_before, "load_after": os.getloadavg()[0],
-              "code_version": code_version(), "versions": package_versions(), "machine": machine(), "datasets": {}}
-    lines = [f"recipe study: Lite0 (ImageNet) fine-tuned on each full training split, {args.seeds} seeds, "
-             f"{args.workers} one-thread workers; {wall:.0f} s wall (runs from the cache count 0 s)",
-             f"load average before {load_before:.1f}, after {record['load_after']:.1f} (1 min); "
-             f"code {record['code_version']}; {machine()['processor']}, {machine()['cpu_count']} cores", "",
-             "| dataset | recipe | test AUC | test ACC | meets bar | best epochs | s per run |",
-             "|---|---|---|---|---|---|---|"]
+    number = len(record["passes"]) + 1
+    record["passes"].append({"pass": number, "seeds": args.seeds, "workers": args.workers, "runs": len(entries),
+                             "wall_time": time.perf_counter() - start, "load_before": load_before,
+                             "load_after": os.getloadavg()[0], "code_version": code_version(),
+                             "versions": package_versions(), "machine": machine(),
+                             "base": BASE.__dict__ | {"milestones": list(BASE.milestones)}})
     for dataset in datasets:
-        published = PUBLISHED_RESNET18_28[dataset]
-        constant = majority_accuracy(dataset)
-        entry = {"constant_acc": constant, "published_resnet18_28": published, "arms": {}}
+        entry = record["datasets"].setdefault(dataset, {"constant_acc": majority_accuracy(dataset),
+                                                        "published_resnet18_28": PUBLISHED_RESNET18_28[dataset],
+                                                        "arms": {}})
         for arm in ARMS[dataset]:
             runs = [r for (d, a, _), r in zip(entries, results) if d == dataset and a == arm]
-            auc, acc = summarise([r.test["auc"] for r in runs]), summarise([r.test["acc"] for r in runs])
-            meets = auc.mean >= published["auc"] - AUC_MARGIN and acc.mean >= published["acc"] - ACC_MARGIN
-            seconds = [r.wall_time for r in runs]
-            entry["arms"][arm.name] = {"config": runs[0].config, "meets_bar": meets, "per_seed": [
-                {"seed": r.config["train"]["seed"], "auc": r.test["auc"], "acc": r.test["acc"], "f1": r.test["f1"],
-                 "best_epoch": r.best_epoch, "wall_time": r.wall_time, "key": r.key} for r in runs]}
-            lines.append(f"| {dataset} | Lite0 {arm.name} | "
-                         f"{auc.mean:.3f} ± {auc.std:.3f} | {acc.mean:.3f} ± {acc.std:.3f} | {'yes' if meets else 'no'} | "
-                         f"{' '.join(str(r.best_epoch) for r in runs)} | {np.mean(seconds):.0f} |")
-        if dataset in smallcnn:
-            ours = smallcnn[dataset]
-            lines.append(f"| {dataset} | smallcnn recipe (results/baselines.json, n={ours['auc']['n']}) | "
-                         f"{ours['auc']['mean']:.3f} ± {ours['auc']['std']:.3f} | "
-                         f"{ours['acc']['mean']:.3f} ± {ours['acc']['std']:.3f} | | | |")
-        lines.append(f"| {dataset} | MedMNIST v2 ResNet-18 (28), published | {published['auc']:.3f} | "
-                     f"{published['acc']:.3f} | bar: AUC >= {published['auc'] - AUC_MARGIN:.3f}, "
-                     f"ACC >= {published['acc'] - ACC_MARGIN:.3f} | | |")
-        lines.append(f"| {dataset} | constant classifier (training majority class) | 0.500 | {constant:.3f} | | | |")
-        record["datasets"][dataset] = entry
-    text = "\n".join(lines)
+            if runs:
+                entry["arms"][arm.name] = {**arm_record(runs), "pass": number}
+    passes = [f"pass {p['pass']}: {p['runs']} runs, {p['seeds']} seeds on {p['workers']} one-thread workers, "
+              f"{p['wall_time']:.0f} s wall, load average {p['load_before']:.1f} before, {p['load_after']:.1f} after "
+              f"(1 min; other jobs shared the machine where it exceeds {p['workers']}), code {p['code_version']}"
+              for p in record["passes"]]
+    text = "\n".join(["recipe study: Lite0 (ImageNet) fine-tuned on each full training split "
+                      f"({machine()['processor']}, {machine()['cpu_count']} cores; an arm's seconds are one run's wall "
+                      "time on one thread, its pass's load beside it)", *passes, "", *table(record)])
     print(text)
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "recipe_study.txt", text + "\n")
-    atomic_write_text(RESULTS / "recipe_study.json", json.dumps(record, indent=1, default=str))
+    atomic_write_text(path, json.dumps(record, indent=1, default=str))
 
 
 if __name__ == "__main__":
