@@ -53,7 +53,7 @@ def test_batch_refuses_an_unknown_grid_or_fixed_parameter(tmp_path, capsys):
     ({"seeds": 3}, "setting seeds expects a list .* got 3, a whole number"),
     ({"seeds": [0, "a"]}, r"setting seeds\[1\] expects a whole number such as 0, got 'a', a string"),
     ({"backbone_epochs": 2.5}, "setting backbone_epochs expects a whole number such as 1, got 2.5, a number"),
-    ({"lr": "fast"}, "setting lr expects a number such as 0.0003, got 'fast', a string"),
+    ({"lr": "fast"}, "setting lr expects a number such as 0.001, got 'fast', a string"),
 ])
 def test_settings_of_the_wrong_kind_are_named(overrides, pattern):
     with pytest.raises(ValueError, match=pattern):

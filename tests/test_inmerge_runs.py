@@ -4,6 +4,7 @@ import pytest
 
 import math
 
+from medsoup.chapters.baselines import LITE0_CPU_RECIPES
 from medsoup.chapters.inmerge import (INMERGE, architecture_settings, long_rows, main_variants, merge_rate_sentence,
                                       merge_rates_by_kind, protocol, sweep, tally, versus_baseline)
 from medsoup.chapters.tables import verdict
@@ -69,9 +70,16 @@ def test_tally_counts_outcomes_and_settings_that_merged_nothing():
 
 def test_cpu_profile_is_pretrained_lite0_with_a_quantile_threshold_beside_the_papers():
     s = settings(INMERGE, "cpu")
-    assert (s["model"], s["init"], s["size"], s["train_subset"], s["batch_size"], s["lr"]) == (
-        "tf_efficientnet_lite0", "imagenet", 28, 400, 64, 3e-4)
+    assert (s["model"], s["init"], s["train_subset"], s["batch_size"], s["lr"]) == (
+        "tf_efficientnet_lite0", "imagenet", None, 64, 1e-3)
     assert len(s["seeds"]) >= 5 and s["finetune_lr"] == pytest.approx(s["lr"] / 10)
+    for dataset, recipe in LITE0_CPU_RECIPES.items():  # each backbone is its dataset's measured recipe
+        backbone = protocol(s, dataset, 0)["backbone"]
+        assert (backbone.size, backbone.file_size, backbone.train.epochs, backbone.train.schedule, backbone.train.lr) == (
+            recipe["size"], recipe["file_size"], recipe["epochs"], recipe["schedule"], recipe["lr"])
+        assert protocol(s, dataset, 0)["inmerge"].train.epochs >= 2  # arms of several epochs
+    overridden = settings(INMERGE, "cpu", backbone_epochs=2)  # an explicit parameter wins over every recipe
+    assert {protocol(overridden, d, 0)["backbone"].train.epochs for d in LITE0_CPU_RECIPES} == {2}
     assert list(main_variants(s)) == ["tau=0.3 (paper)", "tau=quantile 0.5"]
     assert main_variants(s)["tau=quantile 0.5"] == {"tau_quantile": 0.5}
     runs = protocol(s, "breastmnist", 0, tau_quantile=0.5)

@@ -45,3 +45,14 @@ def test_paper_fgg_trains_18_epochs_where_the_papers_17_hold_four_snapshots():
     assert (s["fgg_snapshots"], s["fgg_cycle_epochs"]) == (5, 4.0)
     assert fgg_epochs(5, 4.0) == 18
     assert _minima(17, 4.0) == 4 and _minima(18, 4.0) == 5
+
+
+def test_a_datasets_recipe_replaces_the_profiles_settings_unless_overridden():
+    from medsoup.runs.profiles import for_dataset
+    table = {"cpu": {"size": 28, "epochs": 10, "recipes": {"breastmnist": {"size": 64, "epochs": 20}}}}
+    s = settings(table, "cpu")
+    assert (for_dataset(s, "breastmnist")["size"], for_dataset(s, "breastmnist")["epochs"]) == (64, 20)
+    assert for_dataset(s, "retinamnist")["size"] == 28  # no recipe: the profile's value
+    assert for_dataset(settings(table, "cpu", epochs=3), "breastmnist")["epochs"] == 3  # the caller's value wins
+    with pytest.raises(ValueError, match="the recipe of breastmnist names unknown setting.*lr"):
+        for_dataset({"size": 28, "recipes": {"breastmnist": {"lr": 1.0}}}, "breastmnist")

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medsoup.chapters.baselines import LITE0_CPU_RECIPES
 from medsoup.chapters.tables import paired, row, with_group_labels
 from medsoup.core.train import TrainConfig
 from medsoup.core.models import create_model
 from medsoup.merging.inmerge import check_params, forward_conv_layers
 from medsoup.merging.kernels import KINDS, layer_kind
-from medsoup.runs.profiles import CPU_DATASETS
+from medsoup.runs.profiles import CPU_DATASETS, for_dataset
 from medsoup.runs.store import RunConfig, run_key, run_many
 
 #: The paper's settings (Wang et al., Sec. 4.1-4.3): Table 2 on PathMNIST, DermaMNIST and BloodMNIST at 64 px
@@ -37,26 +38,35 @@ _PAPER: dict[str, Any] = dict(
     main_quantiles=(), ablation_datasets=("chestmnist",), ablation_seeds=(0, 1, 2), alphas=(0.5, 0.6, 0.7, 0.8, 0.9),
     ps=(0.1, 0.3, 0.5, 0.7), first_layers=(0, 5, 10, 15), taus=(0.1, 0.3, 0.5, 0.7), quantiles=(),
     dissimilar_tau=0.5, architectures=(("vgg19", 10, "imagenet"), ("vgg16", 10, "imagenet"), ("resnet34", 30, "imagenet")),
-    architecture_dataset="chestmnist", chest=True, chest_epochs=(30, 10))
+    architecture_dataset="chestmnist", chest=True, chest_epochs=(30, 10), schedule="multistep", recipes={})
 
-#: A 2-core machine without a GPU: the ImageNet network that runs offline, 400 images, 3 + 1 epochs.
-#: Cost (training image-passes, about 66/s for Lite0 at 28 px on two cores): notebook 10 trains 3 datasets x
-#: 5 seeds x (3 backbone epochs + 3 arms x 1 epoch) x 400 images = 36,000 (about 550 s, plus the test sets and
-#: checkpoints of its 60 runs); notebook 11 reuses its backbones and baselines and trains 12 new settings x
-#: 3 seeds x 400 = 14,400 (about 220 s) plus a smallcnn.
+#: A 2-core machine without a GPU: the ImageNet network that runs offline, fine-tuned on every training image
+#: with each dataset's recipe (:data:`~medsoup.chapters.baselines.LITE0_CPU_RECIPES`, measured by
+#: ``benchmarks/recipe_study.py`` to reach MedMNIST v2's level), which is the backbone; then the arms train
+#: ``merge_epochs`` more at a tenth of the rate. Cost, from the recipe study's one-thread seconds per epoch
+#: (PneumoniaMNIST 64 px ~47 s, BreastMNIST 64 px ~5.7 s, RetinaMNIST 28 px ~9.7 s): notebook 10 trains 5 seeds x
+#: (backbones 142 + 114 + 97 s, 3 arms x (2 x 47 + 5 x 5.7 + 3 x 9.7) s) = about 4,100 s of one core, some 35
+#: minutes on two one-thread workers; notebook 11 (BreastMNIST, 3 seeds) about 15 minutes.
 _CPU: dict[str, Any] = dict(
     _PAPER,
     datasets=CPU_DATASETS,  # the three offline datasets instead of Path/Derma/Blood
     model="tf_efficientnet_lite0",  # the ImageNet network available offline (medsoup.core.pretrained); VGG19 is
     # too slow on two cores, and a network trained from scratch has almost no kernel pairs above tau 0.3 (notebook 11)
-    size=28,  # the one size all three offline datasets have
-    train_subset=400,  # 400 stratified training images: notebook 10 within about 700 s on two cores
-    backbone_epochs=3,  # 3 + 1 epochs (the paper's 20 + 5): the most five seeds, three datasets and three
-    merge_epochs=1,  # 1-epoch arms (baseline, tau 0.3, quantile tau) fit in the budget above
-    batch_size=64,  # the cpu profiles' Lite0 recipe (7 steps per epoch at 400 images)
-    optimizer="adamw",  # the cpu profiles' Lite0 fine-tuning recipe (lr probed on PneumoniaMNIST: 3e-4)
-    lr=3e-4,
-    finetune_lr=3e-5,  # a tenth of lr, as the paper profile's 1e-3 is of its 1e-2
+    size=28,  # the input size where a dataset's recipe names none (each of the three does, below)
+    train_subset=None,  # every training image: the recipe study's models reach MedMNIST v2's level only so
+    backbone_epochs=10,  # where a recipe names none (each does): the paper's backbone + merging split is 20 + 5
+    merge_epochs=3,
+    schedule="multistep",
+    # Per dataset: the recipe's input size, epochs and schedule for the backbone, and arms of several epochs
+    # (73 PneumoniaMNIST, 9 BreastMNIST, 17 RetinaMNIST steps an epoch): 148, 45 and 51 steps of merging.
+    recipes={dataset: dict(size=r["size"], file_size=r["file_size"], backbone_epochs=r["epochs"],
+                           schedule=r["schedule"], merge_epochs=merge)
+             for (dataset, r), merge in zip(LITE0_CPU_RECIPES.items(), (2, 5, 3))},
+    batch_size=64,  # the recipe study's batch
+    optimizer="adamw",  # the recipe study's optimiser, rate and weight decay
+    lr=1e-3,
+    finetune_lr=1e-4,  # a tenth of lr, as the paper profile's 1e-3 is of its 1e-2: the backbone's multi-step
+    # schedule ends at lr / 100, so the arms still learn at this rate (their training loss is in the runs' history)
     first_layer=33,  # L_s "the deeper layers": blocks.5, blocks.6 and conv_head, 16 of Lite0's 49 convs (notebook 10)
     main_quantiles=(0.5,),  # a per-layer median threshold beside tau 0.3: merges in pointwise layers too
     ablation_datasets=("breastmnist",),  # one dataset (merging happens on all three), its 546 images the cheapest
@@ -79,7 +89,10 @@ _GPU: dict[str, Any] = dict(
     _CPU,
     size=224,  # Lite0's ImageNet resolution (stride-2 stem as pre-trained) ...
     file_size=28,  # ... from the offline 28 px files, resized on the GPU (medsoup.core.data.load_dataset)
+    recipes={},  # one recipe for every dataset (not yet measured on a GPU)
     train_subset=2000,  # at most 2000 training images (PneumoniaMNIST has 4708; the others fewer)
+    lr=3e-4,  # the rates of the cpu profile before its recipe study (not yet measured on a GPU)
+    finetune_lr=3e-5,
     seeds=tuple(range(10)),  # 10 seeds
     backbone_epochs=8,  # 8 + 2 epochs instead of 3 + 1 (the paper's 20 + 5 would not fit the GPU book's 15 minutes)
     merge_epochs=2,
@@ -93,6 +106,7 @@ _GPU: dict[str, Any] = dict(
 _SMOKE: dict[str, Any] = dict(
     _CPU,
     datasets=("breastmnist",),  # the smallest offline dataset
+    recipes={},  # the code paths only: 28 px, the epochs below
     train_subset=64,  # one step per epoch at batch 64
     seeds=(0, 1),  # two seeds: the fewest with which a paired difference is tested
     backbone_epochs=1,  # 1 + 1 epochs: the protocol's two phases, each as short as it gets
@@ -134,10 +148,22 @@ def initial_layers(s: dict) -> list[tuple[str, Any]]:
     return forward_conv_layers(model, torch.zeros(1, 3, s["size"], s["size"]))
 
 
+def phases(s: dict) -> str:
+    """The backbone and merging epochs, input size and schedule of each dataset of ``s``, for the text:
+    ``"3 + 2 epochs at 64 px, multistep (pneumoniamnist); ..."``."""
+    parts = []
+    for dataset in s["datasets"]:
+        r = for_dataset(s, dataset)
+        parts.append(f"{r['backbone_epochs']} + {r['merge_epochs']} epochs at {r['size']} px, {r['schedule']} ({dataset})")
+    return "; ".join(parts)
+
+
 def backbone_run(s: dict, dataset: str, seed: int, model: str | None = None) -> RunConfig:
-    """The backbone :class:`~medsoup.runs.store.RunConfig`: ``backbone_epochs`` of multi-step training."""
+    """The backbone :class:`~medsoup.runs.store.RunConfig`: ``backbone_epochs`` of training with the
+    ``schedule`` (multi-step: x0.1 at 50 % and 75 %), at the dataset's recipe (:func:`for_dataset`)."""
+    s = for_dataset(s, dataset)
     train = TrainConfig(epochs=s["backbone_epochs"], batch_size=s["batch_size"], optimizer=s["optimizer"],
-                        lr=s["lr"], weight_decay=s["weight_decay"], augment=s["augment"], schedule="multistep",
+                        lr=s["lr"], weight_decay=s["weight_decay"], augment=s["augment"], schedule=s["schedule"],
                         milestones=(0.5, 0.75), select_metric="auc", seed=seed)
     return RunConfig(dataset=dataset, size=s["size"], file_size=s["file_size"], model=model or s["model"], init=s["init"],
                      train=train, train_subset=s["train_subset"])
@@ -148,7 +174,8 @@ def finetune_run(s: dict, dataset: str, seed: int, model: str | None = None,
     """``merge_epochs`` more from the backbone at the constant ``finetune_lr``: with InMerge when
     ``merge`` holds its parameters, the baseline when it is None. Both arms see the same batches."""
     backbone = backbone_run(s, dataset, seed, model)
-    train = backbone.train.replace(epochs=s["merge_epochs"], lr=s["finetune_lr"], schedule="constant")
+    train = backbone.train.replace(epochs=for_dataset(s, dataset)["merge_epochs"], lr=s["finetune_lr"],
+                                   schedule="constant")
     callbacks = (("inmerge", merge),) if merge is not None else ()
     return backbone.replace(init=backbone, train=train, callbacks=callbacks)
 

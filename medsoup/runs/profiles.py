@@ -89,5 +89,18 @@ def settings(table: dict[str, dict[str, Any]], profile: str, choices: Mapping[st
     return base
 
 
+def for_dataset(s: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """Settings ``s`` for one dataset: the entries of ``s["recipes"][dataset]`` (setting -> value, e.g.
+    the input size and epochs a dataset's recipe needs) replace the profile's, except the settings the
+    caller overrode (``s["overrides"]``: an explicit parameter wins over every dataset's recipe). A
+    table without ``recipes``, or a dataset without one, gives ``s`` unchanged."""
+    recipe = dict((s.get("recipes") or {}).get(dataset, {}))
+    unknown = sorted(set(recipe) - set(s))
+    if unknown:
+        raise ValueError(f"the recipe of {dataset} names unknown setting(s) {', '.join(unknown)}")
+    overridden = set(s.get("overrides", {}))
+    return {**s, **{name: value for name, value in recipe.items() if name not in overridden}}
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=repr)
