@@ -67,14 +67,15 @@ def test_against_references_gives_each_arms_margin_above_each_line(lines):
     table = references.against_references(rows, lines).set_index(["metric", "method"])
     a, b, mean = table.loc[("acc", "A")], table.loc[("auc", "B")], (0.6 + 0.6 + 0.7) / 3
     assert (a["seeds"], a["at constant"], a["mean"]) == (3, 2, pytest.approx(mean))
-    assert a[f"− {references.CONSTANT}"] == pytest.approx(mean - 0.6)
-    assert a[f"− {references.SMALLCNN}"] == pytest.approx(mean - 0.87)
-    assert b[f"− {references.PUBLISHED}"] == pytest.approx(0.94 - baselines.PUBLISHED_RESNET18_28["breastmnist"]["auc"])
+    assert a["− constant"] == pytest.approx(mean - 0.6)
+    assert a["− smallcnn recipe"] == pytest.approx(mean - 0.87)
+    assert b["− MedMNIST v2"] == pytest.approx(0.94 - baselines.PUBLISHED_RESNET18_28["breastmnist"]["auc"])
     assert b["at constant"] == 0
     f1 = references.against_references(rows.assign(f1=0.5), lines, metrics=("f1",)).iloc[0]
-    assert math.isnan(f1[f"− {references.PUBLISHED}"])  # MedMNIST v2 publishes no F1
+    assert math.isnan(f1["− MedMNIST v2"])  # MedMNIST v2 publishes no F1
     sentence = references.reference_sentence(table.reset_index(), "auc")
-    assert sentence.startswith("On breastmnist, the best arm in test AUC, B (0.940), scores +0.440 against the constant")
+    assert sentence.startswith("On breastmnist, the best arm in test AUC, B (0.940), scores +0.440 against the constant "
+                               "classifier (0.500), +0.030 against the smallcnn recipe (0.910), ")
     assert "1 of 2 arms score exactly the constant classifier's AUC" in sentence
     with pytest.raises(ValueError, match="no reference line for metric"):
         references.against_references(rows, lines, metrics=("loss",))

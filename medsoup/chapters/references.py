@@ -32,6 +32,10 @@ CONSTANT = "constant classifier (training majority class)"
 SMALLCNN = "smallcnn recipe (results/baselines.json)"
 PUBLISHED = "MedMNIST v2 ResNet-18 (28), published"
 LINES = (CONSTANT, SMALLCNN, PUBLISHED)
+#: Each line's name in the columns of :func:`against_references` (``− <short name>``).
+SHORT = {CONSTANT: "constant", SMALLCNN: "smallcnn recipe", PUBLISHED: "MedMNIST v2"}
+#: Each line's name in :func:`reference_sentence`.
+PROSE = {CONSTANT: "the constant classifier", SMALLCNN: "the smallcnn recipe", PUBLISHED: "MedMNIST v2's ResNet-18 (28)"}
 #: The metrics of a line (a published line has no F1: MedMNIST v2 reports ACC and AUC).
 METRICS = ("acc", "auc", "f1")
 #: The smallcnn recipe's record (:func:`medsoup.chapters.baselines.main`).
@@ -84,8 +88,8 @@ def against_references(rows: pd.DataFrame, lines: pd.DataFrame, metrics: Sequenc
                        by: Sequence[str] = ("dataset", "method")) -> pd.DataFrame:
     """Each arm of ``rows`` (long per-seed rows, groups of ``by``) against each reference line of ``lines``
     (:func:`reference_lines`), per metric of ``metrics``: ``mean`` over its ``seeds``, ``at constant`` (the
-    seeds whose score equals the constant classifier's) and ``− <line>``, the mean margin above each line
-    (NaN where a line has no number for the dataset or metric)."""
+    seeds whose score equals the constant classifier's) and ``− <line>`` (:data:`SHORT` names), the mean margin
+    above each line (NaN where a line has no number for the dataset or metric)."""
     missing = sorted(set(metrics) - set(METRICS))
     if missing:
         raise ValueError(f"no reference line for metric(s) {', '.join(missing)}; lines have {', '.join(METRICS)}")
@@ -99,8 +103,8 @@ def against_references(rows: pd.DataFrame, lines: pd.DataFrame, metrics: Sequenc
             table = against_majority(rows, {d: values.get(d, math.nan) for d in datasets}, metric, by)
             if line == CONSTANT:
                 part["at constant"] = part[keys].merge(table, on=keys, how="left")["at_majority"].to_numpy()
-            part[f"− {line}"] = part[keys].merge(table, on=keys, how="left")["margin"].to_numpy()
-        parts.append(part[[*keys, "metric", "mean", "seeds", "at constant", *(f"− {line}" for line in LINES)]])
+            part[f"− {SHORT[line]}"] = part[keys].merge(table, on=keys, how="left")["margin"].to_numpy()
+        parts.append(part[[*keys, "metric", "mean", "seeds", "at constant", *(f"− {SHORT[line]}" for line in LINES)]])
     return pd.concat(parts, ignore_index=True)
 
 
@@ -113,10 +117,11 @@ def reference_sentence(table: pd.DataFrame, metric: str = "auc") -> str:
     sentences = []
     for dataset, arms in part.groupby("dataset", sort=False):
         best = arms.loc[arms["mean"].idxmax()]
-        margins = ", ".join(f"{best[f'− {line}']:+.3f} against the {line}" for line in LINES
-                            if not math.isnan(best[f"− {line}"]))
+        margins = [(line, best[f"− {SHORT[line]}"]) for line in LINES]
+        against = ", ".join(f"{margin:+.3f} against {PROSE[line]} ({best['mean'] - margin:.3f})"
+                            for line, margin in margins if not math.isnan(margin))
         constant = int((arms["at constant"] > 0).sum())
-        sentences.append(f"On {dataset}, the best arm in test {metric.upper()}, {best['method']} "
-                         f"({best['mean']:.3f}), scores {margins}; {constant} of {len(arms)} arms score exactly the "
-                         f"constant classifier's {metric.upper()} in at least one seed.")
+        sentences.append(f"On {dataset}, the best arm in test {metric.upper()}, {best['method']} ({best['mean']:.3f}), "
+                         f"scores {against}; {constant} of {len(arms)} arms score exactly the constant classifier's "
+                         f"{metric.upper()} in at least one seed.")
     return " ".join(sentences)
