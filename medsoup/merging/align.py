@@ -6,7 +6,7 @@ channel orders, so their plain average mixes unrelated channels; aligning one to
 them in one basin. Weight matching (Sec. 3.2) picks the permutations ``pi`` of model B that maximise
 the summed inner products with model A's weights,
 
-    argmax_pi  sum_l < W_l^A, P_l W_l^B P_{l-1}^T >_F                                 (Eq. 3 of the paper)
+    argmax_pi  sum_l < W_l^A, P_l W_l^B P_{l-1}^T >_F          (Sec. 3.2: min ||theta_A - pi(theta_B)||^2)
 
 by coordinate descent (Algorithm 1): each permutation ``P_l`` in turn, the others fixed, is a linear
 assignment problem (``scipy.optimize.linear_sum_assignment``) over the cost
@@ -248,7 +248,8 @@ def _check_perms(spec: PermutationSpec, perms: Mapping[str, torch.Tensor]) -> No
             raise ValueError(f"permutation {name!r} is not a permutation of range({spec.sizes[name]})")
 
 
-def apply_permutation(spec: PermutationSpec, perms: Mapping[str, torch.Tensor], state: StateDict) -> dict[str, torch.Tensor]:
+def apply_permutation(spec: PermutationSpec, perms: Mapping[str, torch.Tensor],
+                      state: StateDict) -> dict[str, torch.Tensor]:
     """A new state: ``state`` with each permutation applied to every axis it acts on (entries the spec
     leaves alone are copied). The result computes the same function as ``state``."""
     spec.check(state)
@@ -265,9 +266,9 @@ def weight_matching(spec: PermutationSpec, state_a: StateDict, state_b: StateDic
     random order (``seed``); for permutation ``P`` with the others fixed, solve the linear assignment
     ``max_P <P, C>`` with ``C = sum_{(W, axis) touching P} W^A_(axis) (W^B_(axis))^T``, where ``W_(axis)``
     is the tensor with ``axis`` first and the rest flattened and ``W^B`` has every other permutation
-    applied (the objective of Eq. 3). A permutation is replaced only when it raises the objective; the
-    loop stops after a pass without improvement or ``max_iter`` passes. Entries of every float key the
-    spec permutes count, except BatchNorm running statistics.
+    applied (the objective of Sec. 3.2, in the module docstring). A permutation is replaced only when it
+    raises the objective; the loop stops after a pass without improvement or ``max_iter`` passes. Entries
+    of every float key the spec permutes count, except BatchNorm running statistics.
 
     Returns ``{name: LongTensor}``: ``apply_permutation(spec, perms, state_b)`` is ``state_b``'s
     function-preserving copy aligned to ``state_a``.
@@ -319,7 +320,7 @@ def align(spec: PermutationSpec, reference: StateDict, state: StateDict, max_ite
 def align_then_average(spec: PermutationSpec, states: Sequence[StateDict], max_iter: int = 100,
                        seed: int = 0) -> dict[str, torch.Tensor]:
     """The uniform average of ``states`` after aligning each of ``states[1:]`` to ``states[0]``
-    (Ainsworth et al. 2023, Sec. 4: merging after weight matching).
+    (Ainsworth et al. 2023: the midpoint of the aligned models, where they measure the barrier).
 
     BatchNorm running statistics are permuted with their channels and averaged; they do not describe
     the merged network's activations, so recompute them before evaluating it
