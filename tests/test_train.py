@@ -118,7 +118,7 @@ def test_fit_returns_history_and_restores_the_best_epoch(tiny_data):
     assert result.best_epoch == best["epoch"]
     assert result.val["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     assert train.evaluate(model, tiny_data, "val") == result.val
-    assert set(result.test) == {"acc", "auc", "f1", "recall", "loss"}
+    assert set(result.test) == {"acc", "auc", "f1", "recall", "loss", "ece", "nll", "brier"}
     assert result.steps == 3 * math.ceil(24 / 16)
 
 

@@ -252,7 +252,7 @@ def warn_if_at_chance(val: dict, config: TrainConfig) -> None:
         warnings.warn(f"the trained model is at chance level on the validation split (AUC {auc:.3f} < "
                       f"{CHANCE_AUC}, accuracy {val.get('acc', math.nan):.3f}): it learnt nothing useful. "
                       f"Check the learning rate ({config.optimizer} at lr {config.lr:g}), epochs and data",
-                      ChanceLevelWarning, stacklevel=3)
+                      ChanceLevelWarning, stacklevel=4)
 
 
 def trainable_parameters(model: nn.Module, config: TrainConfig) -> list[nn.Parameter]:
