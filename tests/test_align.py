@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from medsoup.core.data import load_dataset
 from medsoup.core.models import SmallCNN, create_model
+from medsoup.core.train import TrainConfig, fit
 from medsoup.merging.align import (
     align,
     align_then_average,
@@ -19,7 +21,7 @@ from medsoup.merging.align import (
     weight_matching,
 )
 from medsoup.merging.landscape import barrier, lmc_curve
-from tests.conftest import tiny
+from tests.conftest import real_file, tiny
 
 ARCHITECTURES = ("smallcnn", "resnet18", "tf_efficientnet_lite0")
 
@@ -124,7 +126,7 @@ def test_bad_input_is_named():
 
 
 def _objective(spec, perms, a, b) -> float:
-    """Eq. 3 of Ainsworth et al.: the summed inner products of ``a`` with ``b`` permuted."""
+    """Weight matching's objective (Ainsworth et al., Sec. 3.2): summed inner products of ``a`` and permuted ``b``."""
     permuted = apply_permutation(spec, perms, b)
     return sum(float((a[k].double() * permuted[k].double()).sum()) for k, axes in spec.axes.items()
                if any(axes) and not k.endswith(("running_mean", "running_var")))
@@ -158,3 +160,29 @@ def test_alignment_brings_different_seeds_closer():
     def distance(x):
         return sum(float((a[k].double() - x[k].double()).pow(2).sum()) for k, axes in spec.axes.items() if any(axes))
     assert distance(aligned) < distance(b)
+
+
+@pytest.mark.slow
+def test_alignment_lowers_the_barrier_between_trained_seeds():
+    """Two smallcnn trained from seeds 0 and 1 (SGD, 2000 PneumoniaMNIST images, 8 epochs): the validation loss
+    barrier of their midpoint (BatchNorm recomputed) falls to less than half after weight matching. Measured
+    with this recipe: 0.299 -> 0.046 for seeds (0, 1), 0.447 -> 0.064 for (2, 3); with 1000 images and 6 epochs
+    it fell less (to 0.20-0.43 of the plain barrier, pairs (0, 1) to (4, 5)), with AdamW (lr 1e-3, one pair)
+    to about a half, and after 54 AdamW steps on BreastMNIST not reliably at all (weights still close to their
+    random init)."""
+    if real_file("pneumoniamnist") is None:
+        pytest.skip("pneumoniamnist.npz is not available")
+    data = load_dataset("pneumoniamnist", train_subset=2000)
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model("smallcnn", 2, in_chans=1)
+        fit(model, data, TrainConfig(epochs=8, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4,
+                                     augment="none", device="cpu", seed=seed), progress=False)
+        states.append(_state(model))
+    spec = permutation_spec(model)
+    barriers = {}
+    for name, state_b in (("plain", states[1]), ("aligned", align(spec, states[0], states[1]))):
+        curve = lmc_curve(model, states[0], state_b, data, points=3, recalibrate=True, bn_images=512)
+        barriers[name] = barrier(curve.lambdas, curve.values("loss"), higher_is_better=False)
+    assert barriers["aligned"] < 0.5 * barriers["plain"]
