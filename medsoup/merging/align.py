@@ -2,9 +2,10 @@
 
 Permuting the output channels of a layer, and the input channels of every layer that reads them, changes
 no output of a network. Two networks trained from different seeds compute similar features in different
-channel orders, so their plain average mixes unrelated channels; aligning one to the other first puts
-them in one basin. Weight matching (Sec. 3.2) picks the permutations ``pi`` of model B that maximise
-the summed inner products with model A's weights,
+channel orders, so their plain average mixes unrelated channels; aligning one to the other first can
+put them in one basin (the paper finds it does for wide enough networks trained long enough). Weight
+matching (Sec. 3.2) picks the permutations ``pi`` of model B that maximise the summed inner products
+with model A's weights,
 
     argmax_pi  sum_l < W_l^A, P_l W_l^B P_{l-1}^T >_F          (Sec. 3.2: min ||theta_A - pi(theta_B)||^2)
 
