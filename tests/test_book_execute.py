@@ -4,6 +4,9 @@ executions record their time, kernels run torch with $MEDSOUP_THREADS threads fr
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -78,3 +81,16 @@ def test_the_reproducibility_page_runs_in_a_kernel_started_in_notebooks(tmp_path
     text = (tmp_path / "90.ipynb").read_text()
     assert "constraints.txt" in text and "00_quickstart" in text
     assert not (ROOT / "notebooks" / "results").exists()
+
+
+def test_kernels_keep_the_chance_warning_out_of_the_pages(monkeypatch):
+    """A run at chance warns in an interactive session; in a kernel of the book's runner the filter hides it
+    (the pages show every arm against the majority-class score instead)."""
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    code = ("from medsoup.core.train import TrainConfig, warn_if_at_chance; "
+            "warn_if_at_chance({'auc': 0.5, 'acc': 0.7}, TrainConfig()); print('ran')")
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "ChanceLevelWarning: the trained model is at chance level" in plain.stderr
+    env = {**os.environ, **execute.kernel_environment()}
+    kernel = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert kernel.stdout.strip() == "ran" and "ChanceLevelWarning" not in kernel.stderr

@@ -163,12 +163,21 @@ def kernel_threads() -> int:
     return int(text)
 
 
+#: The start of :class:`medsoup.core.train.ChanceLevelWarning`'s message: a page shows every arm against the
+#: majority-class score (``medsoup.chapters.collapse``), so the warning of a run at chance (the smoke profile's
+#: runs usually are) is not printed into the book's pages as well.
+CHANCE_WARNING = "the trained model is at chance level"
+
+
 def kernel_environment() -> dict[str, str]:
     """What the kernels' environment gets besides this process's: the inline matplotlib backend
     (with ``MPLBACKEND=Agg``, as in ``run.sh test``, glued figures would be stored as "<Figure
-    size ...>" text instead of PNGs) and :func:`kernel_threads` threads for torch (OpenMP, MKL)."""
+    size ...>" text instead of PNGs), :func:`kernel_threads` threads for torch (OpenMP, MKL) and a
+    ``PYTHONWARNINGS`` filter that keeps :data:`CHANCE_WARNING` out of the pages."""
     threads = str(kernel_threads())
-    return {"MPLBACKEND": INLINE_BACKEND, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    warnings = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), f"ignore:{CHANCE_WARNING}")))
+    return {"MPLBACKEND": INLINE_BACKEND, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            "PYTHONWARNINGS": warnings}
 
 
 def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Path:
