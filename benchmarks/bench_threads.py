@@ -4,7 +4,7 @@ The book's runs are independent trainings of EfficientNet-Lite0 (ImageNet start)
 sets. Two ways to spend a 2-core machine on them:
 
 * ``1 process x 2 threads``: ``run_many`` in this process, torch with 2 intra-op threads;
-* ``2 workers x 1 thread``: ``run_many`` through a ``ProcessPoolExecutor`` of 2 (fork) workers, each
+* ``2 workers x 1 thread``: ``run_many`` through ``medsoup.runs.workers.worker_pool(2)``: 2 forked workers, each
   with 1 torch thread (the way ``python -m medsoup.book`` executes the cpu profile's chapters).
 
 Both train the same ``--runs`` configs (BreastMNIST 28 px, the full training split, ``--epochs``
@@ -24,13 +24,13 @@ import os
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
 from medsoup.core.train import TrainConfig
 from medsoup.runs.provenance import code_version, machine
 from medsoup.runs.store import RunConfig, run_many
+from medsoup.runs.workers import worker_pool
 
 
 def configs(runs: int, epochs: int, threads: int) -> list[RunConfig]:
@@ -40,17 +40,13 @@ def configs(runs: int, epochs: int, threads: int) -> list[RunConfig]:
                       train=train.replace(seed=seed)) for seed in range(runs)]
 
 
-def one_thread_worker() -> None:
-    torch.set_num_threads(1)
-
-
 def timed(variant: str, runs: int, epochs: int) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory(prefix="bench_threads_") as cache:
         start = time.perf_counter()
         if variant == "process":
             results = run_many(configs(runs, epochs, 2), cache=cache, progress=False)
         else:
-            with ProcessPoolExecutor(2, initializer=one_thread_worker) as pool:
+            with worker_pool(2) as pool:
                 results = run_many(configs(runs, epochs, 1), pool, cache=cache, progress=False)
         return time.perf_counter() - start, [r.test["auc"] for r in results]
 

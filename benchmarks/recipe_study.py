@@ -34,13 +34,13 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medsoup.chapters.baselines import PUBLISHED_RESNET18_28
+from medsoup.chapters.collapse import majority_scores
 from medsoup.core.checkpoint import atomic_write_text
 from medsoup.core.data import load_dataset
 from medsoup.core.stats import summarise
@@ -48,6 +48,7 @@ from medsoup.core.train import TrainConfig
 from medsoup.runs.profiles import CPU_DATASETS
 from medsoup.runs.provenance import code_version, machine, package_versions
 from medsoup.runs.store import RunConfig, run_many
+from medsoup.runs.workers import worker_pool
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASE = TrainConfig(epochs=10, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=1e-4, augment="medium",
@@ -90,10 +91,7 @@ ARMS: dict[str, tuple[Arm, ...]] = {
 
 def majority_accuracy(dataset: str) -> float:
     """Test accuracy of always predicting the training split's most frequent class."""
-    data = load_dataset(dataset, 28)
-    train = np.asarray(data.splits["train"].labels).reshape(-1)
-    test = np.asarray(data.splits["test"].labels).reshape(-1)
-    return float(np.mean(test == np.bincount(train).argmax()))
+    return majority_scores(load_dataset(dataset, 28))["acc"]
 
 
 def smallcnn_reference() -> dict:
@@ -148,7 +146,7 @@ def main(argv=None) -> None:
     entries = [(dataset, arm, seed) for dataset in datasets for arm in ARMS[dataset] for seed in range(args.seeds)
                if (dataset, arm.name) not in recorded]
     load_before, start = os.getloadavg()[0], time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
+    with worker_pool(args.workers) as pool:
         results = run_many([arm.config(dataset, seed) for dataset, arm, seed in entries], pool)
     number = len(record["passes"]) + 1
     record["passes"].append({"pass": number, "seeds": args.seeds, "workers": args.workers, "runs": len(entries),
