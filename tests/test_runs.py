@@ -279,3 +279,16 @@ def test_run_many_gives_the_same_results_sequentially_and_on_executors(tmp_path)
     for seq, thr, dist in zip(sequential, threaded, distributed):
         assert _same(seq, thr) and _same(seq, dist)
         assert dist.path.parent == (tmp_path / "dask").resolve()
+
+
+def test_stored_test_predictions_are_those_of_the_stored_model():
+    """The final model's predictions come from fit's own test pass: the same as a fresh pass over the stored model."""
+    from medsoup.core.metrics import probabilities
+    from medsoup.core.train import predict
+
+    result = runs.run(CONFIG)
+    stored, targets = result.load_predictions()
+    data = md.load_dataset(CONFIG.dataset, CONFIG.size, train_subset=CONFIG.train_subset)
+    logits, fresh_targets = predict(result.load_model(), data, "test")
+    assert torch.equal(targets, fresh_targets)
+    assert torch.allclose(stored, probabilities(logits, data.task), atol=1e-6)

@@ -175,6 +175,7 @@ class FitResult:
     test: dict = field(default_factory=dict)
     wall_time: float = 0.0
     steps: int = 0
+    test_outputs: tuple | None = field(default=None, repr=False)  # (logits, targets) behind ``test``
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -222,13 +223,19 @@ def evaluate(model: nn.Module, data: MedData, split: str = "val", batch_size: in
 
     Raises :class:`NonFiniteLossError` if an output is NaN or infinite (metrics are undefined then).
     """
+    return evaluate_outputs(model, data, split, batch_size)[0]
+
+
+def evaluate_outputs(model: nn.Module, data: MedData, split: str = "val",
+                     batch_size: int = 512) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`evaluate`'s metrics and the ``(logits, targets)`` they were computed from."""
     logits, targets = predict(model, data, split, batch_size)
     if not torch.isfinite(logits).all():
         raise NonFiniteLossError(f"the model's outputs on the {split} split are not finite "
                                  f"({int((~torch.isfinite(logits)).sum())} of {logits.numel()} values)")
     metrics = compute_metrics(data.task, targets, logits)
     metrics["loss"] = float(loss_fn(data, logits, targets))
-    return metrics
+    return metrics, (logits, targets)
 
 
 def _score(metrics: dict, name: str) -> float:
@@ -452,7 +459,7 @@ def _fit(model: nn.Module, data: MedData, config: TrainConfig, callbacks: list[C
     if config.restore_best:
         model.load_state_dict(best_state)
     result.val = evaluate(model, data, "val")
-    result.test = evaluate(model, data, "test")
+    result.test, result.test_outputs = evaluate_outputs(model, data, "test")
     warn_if_at_chance(result.val, config)
     result.wall_time = time.perf_counter() - started
     result.steps = total_steps

@@ -45,7 +45,8 @@ from medsoup.core.data import MedData, check_dataset, check_train_subset, load_d
 from medsoup.core.metrics import probabilities
 from medsoup.core.models import check_model_name, create_model
 from medsoup.core.progress import progress as progress_bar
-from medsoup.core.train import Callback, TrainConfig, checked_fields, evaluate, fit, predict, resolve_device
+from medsoup.core.train import (Callback, TrainConfig, checked_fields, evaluate, evaluate_outputs, fit, predict,
+                                resolve_device)
 from medsoup.runs.provenance import code_version, machine, package_versions
 from medsoup.runs.storage import DEFAULT_CACHE, LOCK_ENV, cache_root, run_lock  # noqa: F401 (re-exported)
 
@@ -266,14 +267,16 @@ def is_state_of(model: nn.Module, tensors: dict[str, torch.Tensor]) -> bool:
 
 
 def store_predictions(folder: Path, model: nn.Module, data: MedData,
-                      states: dict[str, dict[str, torch.Tensor] | None]) -> list[str]:
+                      states: dict[str, dict[str, torch.Tensor] | None],
+                      outputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[str]:
     """Write ``predictions/<name>.safetensors`` (:data:`PREDICTIONS` on the test split) of each state
-    loaded into ``model`` (None: the model as it is, first; moved to the data's device); return the names."""
+    loaded into ``model`` (None: the model as it is, first; moved to the data's device); return the names.
+    ``outputs``: the test ``(logits, targets)`` of the model as it is, when already computed."""
     model.to(data.device)
     for name, state in states.items():
         if state is not None:
             ckpt.load_state_into(model, state)
-        logits, targets = predict(model, data, "test")
+        logits, targets = outputs if state is None and outputs is not None else predict(model, data, "test")
         ckpt.save_checkpoint(folder / "predictions" / name,
                              {"probabilities": probabilities(logits, data.task), "targets": targets},
                              {"split": "test"})
@@ -299,7 +302,8 @@ def _train(config: RunConfig, key: str, folder: Path, cache: str | os.PathLike |
     for callback in finishing:
         callback.finish(model, data)
     if finishing:
-        fitted.val, fitted.test = evaluate(model, data, "val"), evaluate(model, data, "test")
+        fitted.val = evaluate(model, data, "val")
+        fitted.test, fitted.test_outputs = evaluate_outputs(model, data, "test")
     final, architecture = export_model(model, config, data)
     record = {"key": key, "config": config.to_dict(), "history": fitted.history, "best_epoch": fitted.best_epoch,
               "val": fitted.val, "test": fitted.test, "wall_time": fitted.wall_time,
@@ -316,7 +320,9 @@ def _train(config: RunConfig, key: str, folder: Path, cache: str | os.PathLike |
         ckpt.save_checkpoint(folder / "artifacts" / name, tensors, {"run": key})
     record["artifacts"] = sorted(artifacts)
     states = {name: tensors for name, tensors in artifacts.items() if is_state_of(final, tensors)}
-    record["predictions"] = store_predictions(folder, final, data, {"model": None, **states})
+    # The final model's test outputs are fit's (or the finished model's) when it is the model stored.
+    outputs = fitted.test_outputs if final is model else None
+    record["predictions"] = store_predictions(folder, final, data, {"model": None, **states}, outputs)
     ckpt.atomic_write_text(folder / "result.json", json.dumps(record, indent=1, default=str))
     ckpt.remove_checkpoint(folder / "resume")
     return RunResult.load(folder)
