@@ -41,6 +41,7 @@ import numpy as np
 
 from medsoup.chapters.baselines import PUBLISHED_RESNET18_28
 from medsoup.chapters.collapse import majority_scores
+from medsoup.chapters.references import smallcnn_summaries
 from medsoup.core.checkpoint import atomic_write_text
 from medsoup.core.data import load_dataset
 from medsoup.core.stats import summarise
@@ -94,11 +95,6 @@ def majority_accuracy(dataset: str) -> float:
     return majority_scores(load_dataset(dataset, 28))["acc"]
 
 
-def smallcnn_reference() -> dict:
-    path = Path(__file__).resolve().parents[1] / "results" / "baselines.json"
-    return json.loads(path.read_text()).get("datasets", {}) if path.is_file() else {}
-
-
 def arm_record(runs: list) -> dict:
     """One arm's per-seed test metrics, best epochs, seconds and run keys."""
     return {"config": runs[0].config, "code_version": runs[0].code_version, "per_seed": [
@@ -108,7 +104,7 @@ def arm_record(runs: list) -> dict:
 
 def table(record: dict) -> list[str]:
     """The markdown table of every recorded arm beside the reference lines."""
-    smallcnn = smallcnn_reference()
+    smallcnn = smallcnn_summaries()
     lines = ["| dataset | recipe | test AUC | test ACC | meets bar | best epochs | s per run | pass |",
              "|---|---|---|---|---|---|---|---|"]
     for dataset, entry in record["datasets"].items():
