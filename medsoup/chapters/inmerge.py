@@ -45,8 +45,8 @@ _PAPER: dict[str, Any] = dict(
 #: ``benchmarks/recipe_study.py`` to reach MedMNIST v2's level), which is the backbone; then the arms train
 #: ``merge_epochs`` more at a tenth of the rate. Cost, from the recipe study's one-thread seconds per epoch
 #: (PneumoniaMNIST 64 px ~47 s, BreastMNIST 64 px ~5.7 s, RetinaMNIST 28 px ~9.7 s): notebook 10 trains 5 seeds x
-#: (backbones 142 + 114 + 97 s, 3 arms x (2 x 47 + 5 x 5.7 + 3 x 9.7) s) = about 4,100 s of one core, some 35
-#: minutes on two one-thread workers; notebook 11 (BreastMNIST, 3 seeds) about 15 minutes.
+#: (backbones 142 + 114 + 97 s, 3 arms x (2 x 47 + 5 x 5.7 + 3 x 9.7) s) = about 4,000 s of one core, some 34
+#: minutes on two one-thread workers; notebook 11 (BreastMNIST, 3 seeds, ~15 new arms of 5 epochs) about 12 minutes.
 _CPU: dict[str, Any] = dict(
     _PAPER,
     datasets=CPU_DATASETS,  # the three offline datasets instead of Path/Derma/Blood
@@ -58,7 +58,7 @@ _CPU: dict[str, Any] = dict(
     merge_epochs=3,
     schedule="multistep",
     # Per dataset: the recipe's input size, epochs and schedule for the backbone, and arms of several epochs
-    # (73 PneumoniaMNIST, 9 BreastMNIST, 17 RetinaMNIST steps an epoch): 148, 45 and 51 steps of merging.
+    # (74 PneumoniaMNIST, 9 BreastMNIST, 17 RetinaMNIST steps an epoch): 148, 45 and 51 steps of merging.
     recipes={dataset: dict(size=r["size"], file_size=r["file_size"], backbone_epochs=r["epochs"],
                            schedule=r["schedule"], merge_epochs=merge)
              for (dataset, r), merge in zip(LITE0_CPU_RECIPES.items(), (2, 5, 3))},
