@@ -106,7 +106,8 @@ def test_every_profile_starts_from_imagenet_and_names_known_methods():
         assert set(s["lmc_bn"]) <= {"averaged", "recomputed"} and 0 < s["lmc_seeds"] <= len(s["seeds"])
     assert settings(FISSIONFUSION, "paper")["methods"] == soups.METHODS + soups.ABLATION + tuple(soups.REFERENCES)
     cpu = settings(FISSIONFUSION, "cpu")
-    assert len(cpu["seeds"]) >= 5 and {"retinamnist", "pneumoniamnist"} <= set(cpu["datasets"])
+    assert len(cpu["seeds"]) >= 5 and "retinamnist" in cpu["datasets"] and cpu["train_subset"] is None
+    assert cpu["fgg_snapshots"] >= 4 and cpu["fgg_augment"] in cpu["augments"]  # FGG's bases are grid models
     assert {"GoG", "FGG+Greedy", "Greedy soup", "GS(best)"} <= set(cpu["methods"])
 
 
@@ -122,6 +123,8 @@ def test_lmc_pairs_differ_in_one_hyperparameter_only():
             differs = {k for k in ("lr", "augment", "seed") if getattr(ta, k) != getattr(tb, k)}
             assert differs == {{"seed": "seed", "augmentation": "augment", "learning rate": "lr"}[kind]}, (profile, kind)
             assert a in grid  # the first run is always this zoo's (a run-cache hit after notebook 20)
+            if kind == "augmentation":  # from the grid where it has two levels, else one run trained for the pair
+                assert (b in grid) == (len(s["augments"]) > 1)
     for profile in ("smoke", "cpu"):  # two grid seeds (both replicates in the grid), one (replicate 1 beside it)
         s = settings(FISSIONFUSION, profile)
         a, b = ff.lmc_pairs(s, s["datasets"][0], 0)["seed"]

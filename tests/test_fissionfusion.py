@@ -113,7 +113,7 @@ def test_curve_band_is_mean_and_std_over_seeds():
 def test_pipeline_on_a_tiny_zoo():
     s = settings(FISSIONFUSION, "smoke")  # a smallcnn from a stand-in pre-training: the pipeline, cheaply
     s.update(model="smallcnn", pretrain_epochs=1, train_subset=64, source_subset=128, epochs=1, lrs=(1e-3,),
-             augments=("heavy",), grid_seeds=1)
+             augments=("heavy",), fgg_augment="heavy", grid_seeds=1)
     zoo = ff.generate_zoo(s, "breastmnist", 0)
     assert len(zoo.grid) == 1 and zoo.base[0].key == zoo.grid[0].key
     assert zoo.compute()["FGG"]["models"] == 1 + s["fgg_snapshots"]

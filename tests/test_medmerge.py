@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from medsoup.chapters import medmerge as mr
+from medsoup.chapters import inmerge, medmerge as mr
 from medsoup.core.checkpoint import save_checkpoint
 from medsoup.core.models import classifier_keys, create_model
 from medsoup.core.train import fit
 from medsoup.merging import medmerge as mm
 from medsoup.runs import builders
+from medsoup.runs.profiles import settings
 from medsoup.runs.store import RunConfig, build_model, run
 from tests.conftest import TINY_TRAIN, tiny
 
@@ -236,16 +237,20 @@ def test_builder_passes_w_scale(run_cache):
 
 def test_cpu_profile_merges_imagenet_with_a_medical_lite0_and_lets_w_move():
     s = mr.MEDMERGE["cpu"]
-    assert s["model"] == "tf_efficientnet_lite0" and len(s["seeds"]) >= 5 and s["train_subset"] == 400
+    assert s["model"] == "tf_efficientnet_lite0" and len(s["seeds"]) >= 5 and s["train_subset"] is None
     for target in s["targets"]:
         b, c = s["sources"][target]
         assert b == "imagenet" and c not in s["targets"]
         source = mr.source_config(s, c)
         assert source.init == "imagenet" and source.model == s["model"] and source.train.seed == 0
-        # source c trained to convergence: the full PneumoniaMNIST split, the recipe study's 5-epoch arm
+        # source c trained to convergence: the full PneumoniaMNIST split, the recipe study's arm at the target's size
         assert source.dataset == "pneumoniamnist" and source.train_subset is None
+        assert (source.size, source.file_size) == (s["size"], 28) == (64, 28)
         assert (source.train.epochs, source.train.lr, source.train.weight_decay, source.train.batch_size,
-                source.train.schedule, source.train.augment) == (5, 1e-3, 1e-4, 64, "multistep", "medium")
+                source.train.schedule, source.train.augment) == (3, 1e-3, 1e-4, 64, "multistep", "medium")
+        # FT from ImageNet is the InMerge chapter's backbone: the same run, trained once
+        backbone = inmerge.backbone_run(settings(inmerge.INMERGE, "cpu"), target, 0)
+        assert mr.ft_run(s, target, "imagenet", 0) == backbone
         assert mr.medmerge_lp_run(s, target, 0).builder_params["w_scale"] == s["w_scale"]
         assert mr.w_bound(s, target, 1.0) < 0.005 < 0.2 < mr.w_bound(s, target)
     assert [a for a, _, _ in mr.approaches(s, "breastmnist", 0)] == ["FT", "FT", "LP-FT", "LP-FT", "MedMerge",
