@@ -7,9 +7,9 @@
 #   bash run.sh book [args]   execute the notebooks, then build; args go to `python -m medsoup.book all`,
 #                             e.g. --profile cpu (2-core machine, hours), --profile gpu, --force
 #   bash run.sh test [args]   the import layers (lint-imports), fast tests (pytest -m "not slow"
-#                             [args]), every notebook on the smoke profile, the book build with
-#                             warnings as errors, and a check of the built pages in headless
-#                             Chromium (links only where it is missing)
+#                             -n auto [args]), every notebook on the smoke profile (two side by
+#                             side), the book build with warnings as errors, and a check of the
+#                             built pages in headless Chromium (links only where it is missing)
 #
 # Both create .venv if it is missing and install the pinned environment
 # (pip install -c constraints.txt -e ".[all]") whenever pyproject.toml or constraints.txt changed.
@@ -78,7 +78,8 @@ use_data() {  # one rule for both commands: $MEDSOUP_DATA, else ../shared/data/m
 
 run_tests() {
   local rc=0
-  "$VENV/bin/python" -m pytest -m "not slow" -q "$@" || rc=$?
+  # -n auto: one pytest-xdist worker per core (each test has its own run store and temporary folder)
+  "$VENV/bin/python" -m pytest -m "not slow" -q -n auto "$@" || rc=$?
   if [ "$rc" -eq 5 ]; then
     echo "run.sh: pytest ran no tests (exit 5): tests/ is empty or every test was deselected" >&2
   fi
@@ -119,7 +120,7 @@ case "$cmd" in
     step "import layers (lint-imports, contract in pyproject.toml)" "$VENV/bin/lint-imports"
     step "pytest (not slow)" run_tests "$@"
     # Every notebook in _toc.yml must be executed for the -W build to pass.
-    step "execute notebooks (profile smoke)" "$VENV/bin/python" -m medsoup.book execute --profile smoke
+    step "execute notebooks (profile smoke)" "$VENV/bin/python" -m medsoup.book execute --profile smoke --jobs 2
     step "build the book (warnings are errors)" "$VENV/bin/python" -m medsoup.book build
     step "check the built pages (headless Chromium)" check_pages
     ;;

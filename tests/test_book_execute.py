@@ -94,3 +94,35 @@ def test_kernels_keep_the_chance_warning_out_of_the_pages(monkeypatch):
     env = {**os.environ, **execute.kernel_environment()}
     kernel = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert kernel.stdout.strip() == "ran" and "ChanceLevelWarning" not in kernel.stderr
+
+
+def _page(root, stem, code, reads_results=False):
+    params = nbformat.v4.new_code_cell('profile = "auto"')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {stem}"), params,
+                                         nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if reads_results:
+        nb.metadata["medsoup"] = {"reads_results": True}
+    nbformat.write(nb, root / "notebooks" / f"{stem}.ipynb")
+
+
+def test_side_by_side_execution_keeps_each_chapter_in_order_and_the_readers_last(project):
+    (project / "notebooks" / "10_page.ipynb").unlink()
+    # each page leaves a file in the project root (the kernels' cwd) and checks those it must follow
+    _page(project, "10_first", 'open("10", "w").close()')
+    _page(project, "11_second", 'import os\nassert os.path.exists("10")\nopen("11", "w").close()')
+    _page(project, "20_other", 'open("20", "w").close()')
+    _page(project, "40_reader", 'import os\nassert all(os.path.exists(n) for n in ("10", "11", "20"))',
+          reads_results=True)
+    sources = execute.notebook_paths()
+    chains, readers = execute.execution_order(sources)
+    assert [[s.stem for s in chain] for chain in chains] == [["10_first", "11_second"], ["20_other"]]
+    assert [s.stem for s in readers] == ["40_reader"]
+    out = project / execute.EXECUTED_DIR
+    pages = execute.execute_notebooks("smoke", out_dir=out, jobs=2)
+    assert [p.stem for p in pages] == ["10_first", "11_second", "20_other", "40_reader"]
+    assert all((out / f"{p.stem}.stamp").is_file() for p in pages)
+    assert not (project / "results" / "timings" / "smoke.json").exists()  # side by side: no time recorded
+    with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
+        execute.execute_notebooks("smoke", out_dir=out, jobs=0)

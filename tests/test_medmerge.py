@@ -382,3 +382,12 @@ def test_controls_change_one_builder_option_of_medmerge_and_smoke_keeps_a_small_
     assert mr.ABLATIONS["source b + zeros"] == {"source_c": "zeros", "bn_trainable": False}
     smoke = mr.source_config(mr.MEDMERGE["smoke"], "retinamnist")
     assert smoke.train_subset == 64 and smoke.train.epochs == 1
+
+
+def test_alignment_note_says_when_align_then_average_is_the_half_weight_control(monkeypatch):
+    s = dict(mr.MEDMERGE["cpu"], targets=("breastmnist",))
+    monkeypatch.setattr(mr, "alignment_shift", lambda s, target: 0.0)
+    assert "is align-then-average as well" in mr.alignment_note(s)
+    monkeypatch.setattr(mr, "alignment_shift", lambda s, target: 0.125)
+    note = mr.alignment_note(s)
+    assert "12.5% on breastmnist" in note and "does not run it" in note

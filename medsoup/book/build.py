@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="execute even when up to date")
     run.add_argument("--kernel", default="python3")
     run.add_argument("--log-output", action="store_true", help="stream cell output to the log")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="notebooks executed side by side (one chapter's in order; the results-reading pages "
+                          "last); times are recorded only with 1 (default 1)")
 
     build = argparse.ArgumentParser(add_help=False)
     build.add_argument("--allow-warnings", action="store_true", help="do not fail on warnings")
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             execute_notebooks(args.profile, only=args.only,
                               parameters={k: parse_value(v) for k, v in args.parameter},
-                              kernel_name=args.kernel, force=args.force, log_output=args.log_output)
+                              kernel_name=args.kernel, force=args.force, log_output=args.log_output,
+                              jobs=args.jobs)
         except (NotebookExecutionError, PreflightError, ValueError, FileNotFoundError) as err:
             print(f"[book] error: {err}", file=sys.stderr, flush=True)
             return 1

@@ -202,22 +202,41 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Pa
     return path
 
 
+def execution_order(sources: Iterable[Path]) -> tuple[list[list[Path]], list[Path]]:
+    """``(chains, readers)``: chains of notebooks that may execute side by side, each in order (one chapter's
+    notebooks, the same first digit of the name: ``21_*`` reuses the runs ``20_*`` trained), then the
+    notebooks that read other notebooks' results (metadata ``{"medsoup": {"reads_results": true}}``), which
+    execute one after another once every chain has finished."""
+    chains: dict[str, list[Path]] = {}
+    readers = []
+    for source in sources:
+        if json.loads(source.read_text()).get("metadata", {}).get("medsoup", {}).get("reads_results"):
+            readers.append(source)
+        else:
+            chains.setdefault(source.stem[:1], []).append(source)
+    return list(chains.values()), readers
+
+
 def execute_notebooks(profile: str, only: Iterable[str] | None = None,
                       parameters: Mapping[str, Any] | None = None, out_dir: str | Path = EXECUTED_DIR,
                       kernel_name: str = "python3", force: bool = False,
-                      log_output: bool = False) -> list[Path]:
+                      log_output: bool = False, jobs: int = 1) -> list[Path]:
     """Execute the source notebooks into ``out_dir``; returns the executed copies' paths.
 
     Raises ``NotebookExecutionError`` on the first failing notebook; its last good execution stays
     in ``out_dir`` (without a stamp, so the next call runs it again), the failed one goes to
-    ``<out_dir>/failed/<name>.ipynb``. Only reference executions (no parameter but the profile)
-    record their time (:func:`record_timing`). At a profile of
+    ``<out_dir>/failed/<name>.ipynb``. Only reference executions (no parameter but the profile, one
+    job) record their time (:func:`record_timing`). ``jobs`` > 1 executes the chains of
+    :func:`execution_order` side by side in that many processes (the notebooks reading results after
+    them): faster where cores would idle between a notebook's runs, but their times are not recorded, as
+    each ran beside another. At a profile of
     :data:`PREFLIGHT_PROFILES`, :func:`medsoup.book.preflight.check` runs first and raises
     ``PreflightError`` listing what the selected notebooks need that is missing and not downloadable.
     """
     from medsoup.runs.profiles import resolve_profile  # imports torch
-    from medsoup.runs.results import REFERENCE_ENV
 
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     root = repo_root()
     sources = notebook_paths(only)
     kernel_threads()  # a bad $MEDSOUP_THREADS fails before anything runs
@@ -235,35 +254,63 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     # No progress bars in executed notebooks: they would be kept as outputs in the book's pages.
     os.environ["MEDSOUP_PROGRESS"] = "0"
 
-    print(f"[book] {len(sources)} notebook(s), parameters {params}, output {out}", flush=True)
-    executed = []
-    for i, source in enumerate(sources, 1):
-        target = out / source.name
-        stamp_file = out / (source.stem + STAMP_SUFFIX)
-        stamp = notebook_stamp(source, shares[source], kernel_name, root)
-        tag = f"[book] [{i}/{len(sources)}] {source.stem}"
-        if (not force and target.is_file() and stamp_file.is_file()
-                and stamp_file.read_text().strip() == stamp):
-            print(f"{tag}: up to date, skipped", flush=True)
-            executed.append(target)
-            continue
-        stamp_file.unlink(missing_ok=True)
-        print(f"{tag}: executing ...", flush=True)
-        start = time.perf_counter()
-        # The book runner's executions are reference runs: their results files are
-        # results/<stem>/<profile>.json unless a parameter changes a setting (medsoup.runs.results).
-        with environment({REFERENCE_ENV: "1"}):
-            execute_into(source, target, shares[source], kernel_name, root, log_output)
-        stamp_file.write_text(stamp + "\n")
-        seconds = time.perf_counter() - start
-        timed = shares[source] == {"profile": profile}
-        if timed:
-            record_timing(root, profile, source.stem, seconds)
-        print(f"{tag}: done in {seconds:.1f} s -> "
-              f"{target.relative_to(root) if target.is_relative_to(root) else target}"
-              + ("" if timed else " (given parameters besides the profile: time not recorded)"), flush=True)
-        executed.append(target)
-    return executed
+    print(f"[book] {len(sources)} notebook(s), parameters {params}, output {out}"
+          + (f", {jobs} side by side" if jobs > 1 else ""), flush=True)
+    tags = {source: f"[book] [{i}/{len(sources)}] {source.stem}" for i, source in enumerate(sources, 1)}
+    task = dict(out=out, kernel_name=kernel_name, root=root, profile=profile, force=force, log_output=log_output,
+                timed=jobs == 1)
+    if jobs == 1:
+        return [_execute_one(source, shares[source], tags[source], **task) for source in sources]
+    import concurrent.futures
+    import multiprocessing
+
+    chains, readers = execution_order(sources)
+    executed = {}
+    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(chains) or 1),
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_execute_chain, [(s, shares[s], tags[s]) for s in chain], task) for chain in chains]
+        for future in concurrent.futures.as_completed(futures):
+            executed.update(future.result())  # the first failure raises (the other chains finish first)
+    for source in readers:
+        executed[source] = _execute_one(source, shares[source], tags[source], **task)
+    return [executed[source] for source in sources]
+
+
+def _execute_chain(chain: list[tuple[Path, dict[str, Any], str]], task: dict[str, Any]) -> dict[Path, Path]:
+    """One chain of :func:`execution_order` in a worker process, in order."""
+    return {source: _execute_one(source, share, tag, **task) for source, share, tag in chain}
+
+
+def _execute_one(source: Path, share: Mapping[str, Any], tag: str, out: Path, kernel_name: str, root: Path,
+                 profile: str, force: bool, log_output: bool, timed: bool) -> Path:
+    """Execute one notebook unless its stamp says it is up to date; record its time when ``timed`` and it
+    got no parameter but the profile."""
+    from medsoup.runs.results import REFERENCE_ENV
+
+    target = out / source.name
+    stamp_file = out / (source.stem + STAMP_SUFFIX)
+    stamp = notebook_stamp(source, share, kernel_name, root)
+    if (not force and target.is_file() and stamp_file.is_file()
+            and stamp_file.read_text().strip() == stamp):
+        print(f"{tag}: up to date, skipped", flush=True)
+        return target
+    stamp_file.unlink(missing_ok=True)
+    print(f"{tag}: executing ...", flush=True)
+    start = time.perf_counter()
+    # The book runner's executions are reference runs: their results files are
+    # results/<stem>/<profile>.json unless a parameter changes a setting (medsoup.runs.results).
+    with environment({REFERENCE_ENV: "1"}):
+        execute_into(source, target, share, kernel_name, root, log_output)
+    stamp_file.write_text(stamp + "\n")
+    seconds = time.perf_counter() - start
+    reference = share == {"profile": profile}
+    if reference and timed:
+        record_timing(root, profile, source.stem, seconds)
+    note = ("" if reference and timed else " (given parameters besides the profile: time not recorded)" if not reference
+            else " (executed beside other notebooks: time not recorded)")
+    print(f"{tag}: done in {seconds:.1f} s -> "
+          f"{target.relative_to(root) if target.is_relative_to(root) else target}{note}", flush=True)
+    return target
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from medsoup.core.checkpoint import load_metadata
 from medsoup.core.data import load_dataset
 from medsoup.core.models import conv_layers, create_model
 from medsoup.core.train import TrainConfig
+from medsoup.merging.align import moved_share, permutation_spec, weight_matching
 from medsoup.merging.medmerge import merged_keys, recover_weights
 from medsoup.runs.builders import source_state
 from medsoup.runs.store import RunConfig, RunResult, run, run_many
@@ -298,6 +299,30 @@ def _sources(s: dict, target: str, **options) -> tuple[dict, dict, dict[str, lis
     state_b = source_state(params["source_b"], arch)
     state_c = source_state(params["source_c"], arch, like=state_b)
     return state_b, state_c, merged_keys(create_model(arch["name"], 1000, arch["in_chans"], arch["img_size"]))
+
+
+def alignment_shift(s: dict, target: str) -> float:
+    """The share of source c's channels that weight matching (:func:`medsoup.merging.align.weight_matching`,
+    Ainsworth et al. 2023) permutes to align them with source b's. At 0 the sources' channels already
+    correspond, so "align, then average" is the plain average of the two: the control "MedMerge, w fixed
+    at 0.5" (:data:`CONTROLS`) is then that baseline as well."""
+    config = medmerge_lp_run(s, target, 0)
+    state_b, state_c, _ = _sources(s, target)
+    spec = permutation_spec(create_model(s["model"], 1000, config.in_chans, s["size"]))
+    return moved_share(weight_matching(spec, state_b, state_c))
+
+
+def alignment_note(s: dict) -> str:
+    """What permutation alignment would change before averaging the two sources, per target, as a sentence
+    (:func:`alignment_shift`): where it moves no channel, the "w fixed at 0.5" control is align-then-average."""
+    shares = {target: alignment_shift(s, target) for target in s["targets"]}
+    if all(share == 0 for share in shares.values()):
+        return (f"Weight matching permutes none of source c's channels ({', '.join(shares)}): the two sources' "
+                "channels already correspond (source c is a fine-tune of source b), so aligning before averaging "
+                "changes nothing and the control \"MedMerge, w fixed at 0.5\" is align-then-average as well.")
+    moved = "; ".join(f"{share:.1%} on {target}" for target, share in shares.items())
+    return (f"Weight matching permutes some of source c's channels ({moved}): align-then-average differs from "
+            "the \"w fixed at 0.5\" control there, and this profile does not run it.")
 
 
 def learnt_weights(s: dict, target: str, seed: int, sources: tuple | None = None,
