@@ -92,6 +92,20 @@ def test_permuted_copy_is_aligned_back_exactly(name, images):
     assert barrier(curve.lambdas, curve.values("loss"), higher_is_better=False) == 0.0
 
 
+def test_backbones_with_different_heads_are_aligned_without_the_head():
+    model, state, spec, permuted = _permuted_copy("tf_efficientnet_lite0")
+    other_task = {**permuted, "classifier.weight": torch.randn(5, 1280), "classifier.bias": torch.zeros(5)}
+    with pytest.raises(ValueError, match=r"differ in shape at \['classifier.weight', 'classifier.bias'\].*spec.without"):
+        weight_matching(spec, state, other_task)
+    backbone = spec.without("classifier.")
+    assert backbone.sizes == spec.sizes and set(spec.axes) - set(backbone.axes) == {"classifier.weight", "classifier.bias"}
+    perms = weight_matching(backbone, *({k: v for k, v in s.items() if not k.startswith("classifier.")}
+                                        for s in (state, other_task)))
+    assert perms.keys() == weight_matching(spec, state, permuted).keys() and moved_share(perms) > 0.5
+    aligned = apply_permutation(spec, perms, permuted)  # the full model's spec puts the backbone back in order
+    assert all(torch.equal(aligned[k], state[k]) for k in state if not k.startswith("classifier."))
+
+
 def test_spec_keys_follow_the_architecture():
     resnet = permutation_spec(create_model("resnet18", 2, in_chans=1))
     stem = dict(((k, axis) for k, axis in resnet.keys_of("conv1")))

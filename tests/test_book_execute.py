@@ -123,6 +123,9 @@ def test_side_by_side_execution_keeps_each_chapter_in_order_and_the_readers_last
     pages = execute.execute_notebooks("smoke", out_dir=out, jobs=2)
     assert [p.stem for p in pages] == ["10_first", "11_second", "20_other", "40_reader"]
     assert all((out / f"{p.stem}.stamp").is_file() for p in pages)
-    assert not (project / "results" / "timings" / "smoke.json").exists()  # side by side: no time recorded
+    timed = json.loads((project / "results" / "timings" / "smoke.json").read_text())
+    assert sorted(timed) == ["10_first", "11_second", "20_other", "40_reader"]
+    assert all(entry["jobs"] == 2 and entry["started"] <= entry["finished"] for entry in timed.values())
+    assert timed["10_first"]["finished"] <= timed["11_second"]["started"]  # one chapter in order
     with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
         execute.execute_notebooks("smoke", out_dir=out, jobs=0)

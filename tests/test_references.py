@@ -77,6 +77,8 @@ def test_against_references_gives_each_arms_margin_above_each_line(lines):
     assert sentence.startswith("On breastmnist, the best arm in test AUC, B (0.940), scores +0.440 against the constant "
                                "classifier (0.500), +0.030 against the smallcnn recipe (0.910), ")
     assert "1 of 2 arms score exactly the constant classifier's AUC" in sentence
+    below = baselines.PUBLISHED_RESNET18_28["breastmnist"]["auc"] > 0.54  # A's mean AUC, under the published line
+    assert sentence.endswith("in at least one seed. Below MedMNIST v2's ResNet-18 (28): A (0.540).") and below
     with pytest.raises(ValueError, match="no reference line for metric"):
         references.against_references(rows, lines, metrics=("loss",))
 

@@ -50,5 +50,8 @@ def test_timings_come_from_what_the_book_runner_recorded(tmp_path):
     record_timing(tmp_path, "cpu", "20_fissionfusion", 30.0)
     times = rep.timings("cpu", tmp_path / "results")
     assert times["notebook"].tolist() == ["00_quickstart", "20_fissionfusion"]
-    assert times["minutes"].tolist() == [1.5, 0.5]
+    assert times["minutes"].tolist() == [1.5, 0.5] and times["side by side"].tolist() == [1, 1]
+    assert 0.5 <= rep.wall_minutes(times) <= 2.0 + 1 / 60  # recorded back to back: the span, not overlapping
+    legacy = times.assign(started=None)  # a record written before starts were kept: the sum
+    assert rep.wall_minutes(legacy) == 2.0 and rep.wall_minutes(times.iloc[:0]) == 0.0
     assert rep.reference_machine("cpu", tmp_path / "results")["cpu_count"] >= 1

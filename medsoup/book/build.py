@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="execute even when up to date")
     run.add_argument("--kernel", default="python3")
     run.add_argument("--log-output", action="store_true", help="stream cell output to the log")
-    run.add_argument("--jobs", type=int, default=1,
+    run.add_argument("--jobs", type=int, default=2,
                      help="notebooks executed side by side (one chapter's in order; the results-reading pages "
-                          "last); times are recorded only with 1 (default 1)")
+                          "last; default 2, as the cpu reference run)")
 
     build = argparse.ArgumentParser(add_help=False)
     build.add_argument("--allow-warnings", action="store_true", help="do not fail on warnings")

@@ -180,9 +180,10 @@ def kernel_environment() -> dict[str, str]:
             "PYTHONWARNINGS": warnings}
 
 
-def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Path:
+def record_timing(root: Path, profile: str, notebook: str, seconds: float, jobs: int = 1) -> Path:
     """Add a notebook's execution time to ``results/timings/<profile>.json`` (the reproducibility
-    page's wall times); machine and code version are recorded with it."""
+    page's wall times); its start, the number of notebooks executed side by side (``jobs``), machine and
+    code version are recorded with it."""
     from medsoup.core.checkpoint import atomic_write_text
     from medsoup.runs.provenance import code_version, machine
     from medsoup.runs.results import timings_path
@@ -193,7 +194,10 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float) -> Pa
     try:  # executions running side by side each add their entry: lock the read-modify-write
         fcntl.flock(folder, fcntl.LOCK_EX)
         record = json.loads(path.read_text()) if path.is_file() else {}
-        record[notebook] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        now = time.time()
+        record[notebook] = {"seconds": round(seconds, 1),
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now - seconds)),
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)), "jobs": jobs,
                             # the kernel's torch threads (kernel_environment; fit: TrainConfig.threads)
                             "code_version": code_version(), "machine": {**machine(), "torch_threads": kernel_threads()}}
         atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1))
@@ -225,11 +229,11 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
 
     Raises ``NotebookExecutionError`` on the first failing notebook; its last good execution stays
     in ``out_dir`` (without a stamp, so the next call runs it again), the failed one goes to
-    ``<out_dir>/failed/<name>.ipynb``. Only reference executions (no parameter but the profile, one
-    job) record their time (:func:`record_timing`). ``jobs`` > 1 executes the chains of
+    ``<out_dir>/failed/<name>.ipynb``. Only reference executions (no parameter but the profile) record
+    their time (:func:`record_timing`, with ``jobs``). ``jobs`` > 1 executes the chains of
     :func:`execution_order` side by side in that many processes (the notebooks reading results after
-    them): faster where cores would idle between a notebook's runs, but their times are not recorded, as
-    each ran beside another. At a profile of
+    them): faster where cores would idle between a notebook's runs (a kernel's serial evaluation, a
+    stage's last run); each notebook's time then includes the time it shared the cores. At a profile of
     :data:`PREFLIGHT_PROFILES`, :func:`medsoup.book.preflight.check` runs first and raises
     ``PreflightError`` listing what the selected notebooks need that is missing and not downloadable.
     """
@@ -258,7 +262,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
           + (f", {jobs} side by side" if jobs > 1 else ""), flush=True)
     tags = {source: f"[book] [{i}/{len(sources)}] {source.stem}" for i, source in enumerate(sources, 1)}
     task = dict(out=out, kernel_name=kernel_name, root=root, profile=profile, force=force, log_output=log_output,
-                timed=jobs == 1)
+                jobs=jobs)
     if jobs == 1:
         return [_execute_one(source, shares[source], tags[source], **task) for source in sources]
     import concurrent.futures
@@ -282,9 +286,9 @@ def _execute_chain(chain: list[tuple[Path, dict[str, Any], str]], task: dict[str
 
 
 def _execute_one(source: Path, share: Mapping[str, Any], tag: str, out: Path, kernel_name: str, root: Path,
-                 profile: str, force: bool, log_output: bool, timed: bool) -> Path:
-    """Execute one notebook unless its stamp says it is up to date; record its time when ``timed`` and it
-    got no parameter but the profile."""
+                 profile: str, force: bool, log_output: bool, jobs: int) -> Path:
+    """Execute one notebook unless its stamp says it is up to date; record its time (and ``jobs``, the
+    notebooks executed side by side) when it got no parameter but the profile."""
     from medsoup.runs.results import REFERENCE_ENV
 
     target = out / source.name
@@ -304,10 +308,9 @@ def _execute_one(source: Path, share: Mapping[str, Any], tag: str, out: Path, ke
     stamp_file.write_text(stamp + "\n")
     seconds = time.perf_counter() - start
     reference = share == {"profile": profile}
-    if reference and timed:
-        record_timing(root, profile, source.stem, seconds)
-    note = ("" if reference and timed else " (given parameters besides the profile: time not recorded)" if not reference
-            else " (executed beside other notebooks: time not recorded)")
+    if reference:
+        record_timing(root, profile, source.stem, seconds, jobs)
+    note = "" if reference else " (given parameters besides the profile: time not recorded)"
     print(f"{tag}: done in {seconds:.1f} s -> "
           f"{target.relative_to(root) if target.is_relative_to(root) else target}{note}", flush=True)
     return target

@@ -305,11 +305,14 @@ def alignment_shift(s: dict, target: str) -> float:
     """The share of source c's channels that weight matching (:func:`medsoup.merging.align.weight_matching`,
     Ainsworth et al. 2023) permutes to align them with source b's. At 0 the sources' channels already
     correspond, so "align, then average" is the plain average of the two: the control "MedMerge, w fixed
-    at 0.5" (:data:`CONTROLS`) is then that baseline as well."""
+    at 0.5" (:data:`CONTROLS`) is then that baseline as well. Only the backbones are matched: the sources'
+    classifiers answer different tasks (MedMerge merges no head)."""
     config = medmerge_lp_run(s, target, 0)
     state_b, state_c, _ = _sources(s, target)
-    spec = permutation_spec(create_model(s["model"], 1000, config.in_chans, s["size"]))
-    return moved_share(weight_matching(spec, state_b, state_c))
+    head = "classifier."
+    spec = permutation_spec(create_model(s["model"], 1000, config.in_chans, s["size"])).without(head)
+    backbone_b, backbone_c = ({k: v for k, v in state.items() if not k.startswith(head)} for state in (state_b, state_c))
+    return moved_share(weight_matching(spec, backbone_b, backbone_c))
 
 
 def alignment_note(s: dict) -> str:

@@ -110,7 +110,8 @@ def against_references(rows: pd.DataFrame, lines: pd.DataFrame, metrics: Sequenc
 
 def reference_sentence(table: pd.DataFrame, metric: str = "auc") -> str:
     """The best arm of each dataset in ``metric`` against the reference lines (rows of
-    :func:`against_references`), one sentence per dataset."""
+    :func:`against_references`), the arms below MedMNIST v2's line and the arms at the constant
+    classifier, a sentence or two per dataset."""
     part = table[table["metric"] == metric]
     if part.empty:
         raise ValueError(f"the table has no rows for metric {metric!r}")
@@ -124,4 +125,8 @@ def reference_sentence(table: pd.DataFrame, metric: str = "auc") -> str:
         sentences.append(f"On {dataset}, the best arm in test {metric.upper()}, {best['method']} ({best['mean']:.3f}), "
                          f"scores {against}; {constant} of {len(arms)} arms score exactly the constant classifier's "
                          f"{metric.upper()} in at least one seed.")
+        below = arms[arms[f"− {SHORT[PUBLISHED]}"] < 0].sort_values("mean")
+        if len(below):
+            sentences.append(f"Below {PROSE[PUBLISHED]}: " + ", ".join(f"{arm['method']} ({arm['mean']:.3f})"
+                                                                     for _, arm in below.iterrows()) + ".")
     return " ".join(sentences)

@@ -81,10 +81,23 @@ def timings(profile: str, root: str | Path = RESULTS_DIR) -> pd.DataFrame:
     """The execution wall time of each notebook recorded by ``medsoup.book.execute`` for ``profile``
     (empty when none was recorded)."""
     record = _timings_record(profile, root)
-    return pd.DataFrame([{"notebook": name, "minutes": entry["seconds"] / 60, "finished": entry["finished"],
+    columns = ["notebook", "minutes", "started", "finished", "side by side", "cpu cores", "torch threads", "GPU"]
+    return pd.DataFrame([{"notebook": name, "minutes": entry["seconds"] / 60, "started": entry.get("started"),
+                          "finished": entry["finished"], "side by side": entry.get("jobs", 1),
                           "cpu cores": entry["machine"].get("cpu_count"), "torch threads": entry["machine"].get("torch_threads"),
                           "GPU": entry["machine"].get("gpu", "none")} for name, entry in record.items()],
-                        columns=["notebook", "minutes", "finished", "cpu cores", "torch threads", "GPU"])
+                        columns=columns)
+
+
+def wall_minutes(times: pd.DataFrame) -> float:
+    """The executions' wall time in minutes: from the first start to the last finish where every
+    notebook's start is recorded (notebooks executed side by side overlap), else the sum of their times."""
+    if times.empty:
+        return 0.0
+    if times["started"].notna().all():
+        span = pd.to_datetime(times["finished"]).max() - pd.to_datetime(times["started"]).min()
+        return span.total_seconds() / 60
+    return float(times["minutes"].sum())
 
 
 def reference_machine(profile: str, root: str | Path = RESULTS_DIR) -> dict | None:

@@ -67,6 +67,11 @@ class PermutationSpec:
             raise ValueError(f"unknown permutation {perm!r}")
         return [(key, axis) for key, axes in self.axes.items() for axis, p in enumerate(axes) if p == perm]
 
+    def without(self, prefix: str) -> "PermutationSpec":
+        """The spec without the keys starting with ``prefix`` (e.g. ``"classifier."``: models trained on
+        different tasks share only their backbone); its permutations act on what is left."""
+        return PermutationSpec(dict(self.sizes), {k: v for k, v in self.axes.items() if not k.startswith(prefix)})
+
     def check(self, state: StateDict) -> None:
         """Raise ``ValueError`` naming the keys of ``state`` that do not fit the spec."""
         missing = sorted(set(self.axes) - set(state))
@@ -278,6 +283,10 @@ def weight_matching(spec: PermutationSpec, state_a: StateDict, state_b: StateDic
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     spec.check(state_a)
     spec.check(state_b)
+    differ = [k for k in spec.axes if state_a[k].shape != state_b[k].shape]
+    if differ:
+        raise ValueError(f"the two states differ in shape at {differ[:5]}: models of different tasks share only their "
+                         f"backbone; match it with spec.without(<the head's prefix>)")
     keys = [k for k, axes in spec.axes.items() if any(axes) and not k.endswith(STATISTICS)]
     a = {k: state_a[k].detach().cpu().double() for k in keys}
     b = {k: state_b[k].detach().cpu().double() for k in keys}
