@@ -127,5 +127,6 @@ def test_side_by_side_execution_keeps_each_chapter_in_order_and_the_readers_last
     assert sorted(timed) == ["10_first", "11_second", "20_other", "40_reader"]
     assert all(entry["jobs"] == 2 and entry["started"] <= entry["finished"] for entry in timed.values())
     assert timed["10_first"]["finished"] <= timed["11_second"]["started"]  # one chapter in order
+    assert len({entry["execution"] for entry in timed.values()}) == 1  # one execute call: one span
     with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
         execute.execute_notebooks("smoke", out_dir=out, jobs=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from medsoup.book.execute import record_timing
 from medsoup.chapters import reproducibility as rep
 from medsoup.runs.provenance import PACKAGES, package_versions
@@ -51,7 +53,20 @@ def test_timings_come_from_what_the_book_runner_recorded(tmp_path):
     times = rep.timings("cpu", tmp_path / "results")
     assert times["notebook"].tolist() == ["00_quickstart", "20_fissionfusion"]
     assert times["minutes"].tolist() == [1.5, 0.5] and times["side by side"].tolist() == [1, 1]
-    assert 0.5 <= rep.wall_minutes(times) <= 2.0 + 1 / 60  # recorded back to back: the span, not overlapping
+    assert rep.wall_minutes(times) == 2.0  # recorded without an execute call: each entry's own minutes
     legacy = times.assign(started=None)  # a record written before starts were kept: the sum
     assert rep.wall_minutes(legacy) == 2.0 and rep.wall_minutes(times.iloc[:0]) == 0.0
     assert rep.reference_machine("cpu", tmp_path / "results")["cpu_count"] >= 1
+
+
+def test_wall_minutes_spans_each_execute_call_and_adds_later_executions_alone():
+    def entry(notebook, started, finished, execution):
+        return {"notebook": notebook, "started": f"2026-12-06T{started}:00+0000", "finished": f"2026-12-06T{finished}:00+0000",
+                "execution": execution, "minutes": (int(finished[:2]) * 60 + int(finished[3:]) - int(started[:2]) * 60
+                                                    - int(started[3:]))}
+    run = [entry("10", "10:00", "10:40", "a"), entry("20", "10:00", "11:00", "a"), entry("40", "11:00", "11:05", "a")]
+    assert rep.wall_minutes(pd.DataFrame(run)) == 65.0  # side by side: the span, not the 105 minutes summed
+    later = run[:2] + [entry("40", "15:00", "15:02", "b")]  # 40 re-executed alone hours later
+    assert rep.wall_minutes(pd.DataFrame(later)) == 60.0 + 2.0
+    untagged = run[:2] + [{**entry("90", "09:00", "09:01", None)}]
+    assert rep.wall_minutes(pd.DataFrame(untagged)) == 60.0 + 1.0

@@ -9,10 +9,11 @@ one papermill job per point. Each job is named by its parameters,
 ``results/batch/<stem>``):
 
 * ``<name>.ipynb``: the executed notebook;
-* ``<name>/``: the kernel's working directory, so the results file the notebook writes (a batch job
-  is never the reference run: ``results/tmp/<stem>/<profile>-<hash>.json``, see
-  :mod:`medsoup.runs.results`) lands in ``<name>/results/...`` and jobs never overwrite each other
-  or the reference results;
+* ``<name>/``: the kernel's working directory and its results folder (``$MEDSOUP_RESULTS``), so the
+  results file the notebook writes (a batch job is never the reference run:
+  ``results/tmp/<stem>/<profile>-<hash>.json``, see :mod:`medsoup.runs.results`) lands in
+  ``<name>/results/...`` and jobs never overwrite each other or the reference results (a notebook that
+  reads other notebooks' results, such as ``40_comparison``, reads that folder too);
 * ``<name>.stamp``: the hash of (notebook, parameters, ``medsoup/`` sources, constraints); a job whose
   stamp matches is not run again, so a batch can be resumed or extended cheaply.
 
@@ -45,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from medsoup.book.build import parse_value
-from medsoup.book.execute import NotebookExecutionError, notebook_stamp, parameters_per_notebook, repo_root, run_papermill
+from medsoup.book.execute import (NotebookExecutionError, environment, notebook_stamp, parameters_per_notebook, repo_root,
+                                   run_papermill)
+from medsoup.runs.results import RESULTS_ENV
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -142,7 +145,8 @@ def run_job(job: Job, force: bool = False) -> dict[str, Any]:
         os.environ.setdefault("MEDSOUP_DATA", str(root / "data"))
         start = time.perf_counter()
         try:
-            run_papermill(source, job.output, job.parameters, job.kernel_name, job.workdir, log_output=False)
+            with environment({RESULTS_ENV: str(job.workdir / "results")}):  # the job's results in its folder
+                run_papermill(source, job.output, job.parameters, job.kernel_name, job.workdir, log_output=False)
         except NotebookExecutionError as err:
             row.update(status=f"failed: {err}", wall_time=time.perf_counter() - start)
             return row

@@ -180,10 +180,12 @@ def kernel_environment() -> dict[str, str]:
             "PYTHONWARNINGS": warnings}
 
 
-def record_timing(root: Path, profile: str, notebook: str, seconds: float, jobs: int = 1) -> Path:
+def record_timing(root: Path, profile: str, notebook: str, seconds: float, jobs: int = 1,
+                  execution: str | None = None) -> Path:
     """Add a notebook's execution time to ``results/timings/<profile>.json`` (the reproducibility
-    page's wall times); its start, the number of notebooks executed side by side (``jobs``), machine and
-    code version are recorded with it."""
+    page's wall times); its start, the number of notebooks executed side by side (``jobs``), the execute
+    call it belongs to (``execution``: that call's start, so a later notebook executed alone is not read as
+    part of an earlier run), machine and code version are recorded with it."""
     from medsoup.core.checkpoint import atomic_write_text
     from medsoup.runs.provenance import code_version, machine
     from medsoup.runs.results import timings_path
@@ -198,6 +200,7 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float, jobs:
         record[notebook] = {"seconds": round(seconds, 1),
                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now - seconds)),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)), "jobs": jobs,
+                            "execution": execution,
                             # the kernel's torch threads (kernel_environment; fit: TrainConfig.threads)
                             "code_version": code_version(), "machine": {**machine(), "torch_threads": kernel_threads()}}
         atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1))
@@ -262,7 +265,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
           + (f", {jobs} side by side" if jobs > 1 else ""), flush=True)
     tags = {source: f"[book] [{i}/{len(sources)}] {source.stem}" for i, source in enumerate(sources, 1)}
     task = dict(out=out, kernel_name=kernel_name, root=root, profile=profile, force=force, log_output=log_output,
-                jobs=jobs)
+                jobs=jobs, execution=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if jobs == 1:
         return [_execute_one(source, shares[source], tags[source], **task) for source in sources]
     import concurrent.futures
@@ -286,9 +289,10 @@ def _execute_chain(chain: list[tuple[Path, dict[str, Any], str]], task: dict[str
 
 
 def _execute_one(source: Path, share: Mapping[str, Any], tag: str, out: Path, kernel_name: str, root: Path,
-                 profile: str, force: bool, log_output: bool, jobs: int) -> Path:
-    """Execute one notebook unless its stamp says it is up to date; record its time (and ``jobs``, the
-    notebooks executed side by side) when it got no parameter but the profile."""
+                 profile: str, force: bool, log_output: bool, jobs: int, execution: str) -> Path:
+    """Execute one notebook unless its stamp says it is up to date; record its time (with ``jobs``, the
+    notebooks executed side by side, and ``execution``, the execute call's start) when it got no parameter
+    but the profile."""
     from medsoup.runs.results import REFERENCE_ENV
 
     target = out / source.name
@@ -309,7 +313,7 @@ def _execute_one(source: Path, share: Mapping[str, Any], tag: str, out: Path, ke
     seconds = time.perf_counter() - start
     reference = share == {"profile": profile}
     if reference:
-        record_timing(root, profile, source.stem, seconds, jobs)
+        record_timing(root, profile, source.stem, seconds, jobs, execution)
     note = "" if reference else " (given parameters besides the profile: time not recorded)"
     print(f"{tag}: done in {seconds:.1f} s -> "
           f"{target.relative_to(root) if target.is_relative_to(root) else target}{note}", flush=True)

@@ -81,23 +81,25 @@ def timings(profile: str, root: str | Path = RESULTS_DIR) -> pd.DataFrame:
     """The execution wall time of each notebook recorded by ``medsoup.book.execute`` for ``profile``
     (empty when none was recorded)."""
     record = _timings_record(profile, root)
-    columns = ["notebook", "minutes", "started", "finished", "side by side", "cpu cores", "torch threads", "GPU"]
+    columns = ["notebook", "minutes", "started", "finished", "execution", "side by side", "cpu cores", "torch threads",
+               "GPU"]
     return pd.DataFrame([{"notebook": name, "minutes": entry["seconds"] / 60, "started": entry.get("started"),
-                          "finished": entry["finished"], "side by side": entry.get("jobs", 1),
+                          "finished": entry["finished"], "execution": entry.get("execution"),
+                          "side by side": entry.get("jobs", 1),
                           "cpu cores": entry["machine"].get("cpu_count"), "torch threads": entry["machine"].get("torch_threads"),
                           "GPU": entry["machine"].get("gpu", "none")} for name, entry in record.items()],
                         columns=columns)
 
 
 def wall_minutes(times: pd.DataFrame) -> float:
-    """The executions' wall time in minutes: from the first start to the last finish where every
-    notebook's start is recorded (notebooks executed side by side overlap), else the sum of their times."""
-    if times.empty:
-        return 0.0
-    if times["started"].notna().all():
-        span = pd.to_datetime(times["finished"]).max() - pd.to_datetime(times["started"]).min()
-        return span.total_seconds() / 60
-    return float(times["minutes"].sum())
+    """The recorded executions' wall time in minutes: for each execute call (``execution``) the span from
+    its notebooks' first start to their last finish (notebooks executed side by side overlap), summed over
+    the calls; an entry recorded without its call or its start (written before they were kept) adds its own
+    minutes. A notebook re-executed alone after a full run thus adds its own time, not the gap between."""
+    tagged = times["execution"].notna() & times["started"].notna()
+    seconds = sum((pd.to_datetime(call["finished"]).max() - pd.to_datetime(call["started"]).min()).total_seconds()
+                  for _, call in times[tagged].groupby("execution"))
+    return float(seconds / 60 + times.loc[~tagged, "minutes"].sum())
 
 
 def reference_machine(profile: str, root: str | Path = RESULTS_DIR) -> dict | None:

@@ -38,9 +38,12 @@ REFERENCE_ENV = "MEDSOUP_REFERENCE_RUN"
 ROW_KEYS = ("chapter", "method", "role", "dataset", "seed")
 #: What the envelope holds besides ``rows`` and the payload.
 ENVELOPE = ("profile", "reference", "settings", "overrides", "code_version", "written")
-#: Where results are written: ``results/`` of the project (:func:`medsoup.core.paths.project_folder`),
-#: whatever the working directory (a kernel JupyterLab starts in ``notebooks/`` writes there too).
-RESULTS_DIR = project_folder("results")
+#: The environment variable naming another results folder (``python -m medsoup.book.batch`` gives each job its own).
+RESULTS_ENV = "MEDSOUP_RESULTS"
+#: Where results are written: ``$MEDSOUP_RESULTS``, else ``results/`` of the project
+#: (:func:`medsoup.core.paths.project_folder`), whatever the working directory (a kernel JupyterLab starts in
+#: ``notebooks/`` writes there too).
+RESULTS_DIR = Path(os.environ[RESULTS_ENV]) if os.environ.get(RESULTS_ENV) else project_folder("results")
 
 
 def timings_path(profile: str, root: str | Path = RESULTS_DIR) -> Path:
