@@ -61,8 +61,9 @@ def _tiny_notebook(path: Path) -> Path:
         "glue('square', x * x, display=False)\nglue('label', f'{name}-{profile}', display=False)\n"
         "glue('shown', 0.5)\nglue('obj', object(), display=False)\n"
         "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, 1])\nglue('fig', fig, display=False)\n"
-        "pathlib.Path('results/tiny').mkdir(parents=True, exist_ok=True)\n"
-        "pathlib.Path('results/tiny/out.json').write_text(json.dumps({'x': x}))")]
+        "from medsoup.runs.results import RESULTS_DIR\n"  # where medsoup writes results: the job's own folder
+        "(RESULTS_DIR / 'tiny').mkdir(parents=True, exist_ok=True)\n"
+        "(RESULTS_DIR / 'tiny' / 'out.json').write_text(json.dumps({'x': x}))")]
     nbformat.write(nb, str(path))
     return path
 
@@ -90,7 +91,7 @@ def test_run_batch_executes_names_scrapes_and_summarises(tmp_path, monkeypatch):
     figures = [o for c in executed.cells for o in c.get("outputs", [])
                if o.get("metadata", {}).get("scrapbook", {}).get("name") == "fig"]
     assert "application/papermill.record/image/png" in figures[0]["data"]
-    # each job wrote its own results file in its own working directory
+    # each job wrote its own results file in its own folder, not in the project's results/
     assert json.loads((out / "tiny__x=3__name=b" / "results/tiny/out.json").read_text()) == {"x": 3}
     assert rows[1]["results"] == "results/tiny/out.json"
     with open(out / "summary.csv") as handle:
