@@ -60,13 +60,13 @@ def test_timings_come_from_what_the_book_runner_recorded(tmp_path):
 
 
 def test_wall_minutes_spans_each_execute_call_and_adds_later_executions_alone():
-    def entry(notebook, started, finished, execution):
-        return {"notebook": notebook, "started": f"2026-12-06T{started}:00+0000", "finished": f"2026-12-06T{finished}:00+0000",
-                "execution": execution, "minutes": (int(finished[:2]) * 60 + int(finished[3:]) - int(started[:2]) * 60
-                                                    - int(started[3:]))}
-    run = [entry("10", "10:00", "10:40", "a"), entry("20", "10:00", "11:00", "a"), entry("40", "11:00", "11:05", "a")]
+    def entry(notebook, started, finished, execution, minutes):
+        return {"notebook": notebook, "started": f"2026-12-06T{started}:00+0000",
+                "finished": f"2026-12-06T{finished}:00+0000", "execution": execution, "minutes": minutes}
+    run = [entry("10", "10:00", "10:40", "a", 40), entry("20", "10:00", "11:00", "a", 60),
+           entry("40", "11:00", "11:05", "a", 5)]
     assert rep.wall_minutes(pd.DataFrame(run)) == 65.0  # side by side: the span, not the 105 minutes summed
-    later = run[:2] + [entry("40", "15:00", "15:02", "b")]  # 40 re-executed alone hours later
+    later = run[:2] + [entry("40", "15:00", "15:02", "b", 2)]  # 40 re-executed alone hours later
     assert rep.wall_minutes(pd.DataFrame(later)) == 60.0 + 2.0
-    untagged = run[:2] + [{**entry("90", "09:00", "09:01", None)}]
+    untagged = run[:2] + [entry("90", "09:00", "09:01", None, 1)]
     assert rep.wall_minutes(pd.DataFrame(untagged)) == 60.0 + 1.0

@@ -101,7 +101,8 @@ _CPU: dict[str, Any] = dict(
     averaged_methods=("GS(best)", "Greedy soup", "GoG"),  # averaged BN re-checked where it decides; GS(best): no merge
     lmc_bn=("recomputed",),  # LMC with BN recomputed only
     landscape_datasets=("retinamnist",),  # plane and slice on RetinaMNIST: its 120 val images are cheap
-    # for the first zoo only (162 points instead of 486, ~500 s of one core): the planes and slices are pictures,
+    # for the first zoo only (162 points instead of 486; notebook 21 took 1,013 s instead of 1,431 in the cold runs
+    # of 2026-12-06/07, side by side): the planes and slices are pictures,
     # the test of basins is the barriers over lmc_seeds; cut from the cpu reference run's two-hour budget (issue 23)
     plane_seeds=1,
 )

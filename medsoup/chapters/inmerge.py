@@ -45,8 +45,8 @@ _PAPER: dict[str, Any] = dict(
 #: ``benchmarks/recipe_study.py`` to reach MedMNIST v2's level), which is the backbone; then the arms train
 #: ``merge_epochs`` more at a tenth of the rate. Cost, from the recipe study's one-thread seconds per epoch
 #: (BreastMNIST 64 px ~5.7 s, RetinaMNIST 28 px ~9.7 s): notebook 10 trains 5 seeds x (backbones 114 + 97 s,
-#: 3 arms x (5 x 5.7 + 3 x 9.7) s) = about 1,900 s of one core; notebook 11 (BreastMNIST, 3 seeds, ~12 new arms
-#: of 5 epochs) about 1,000 s. PneumoniaMNIST (64 px, ~47 s an epoch) would add 2,100 s: cut from the cpu
+#: 3 arms x (5 x 5.7 + 3 x 9.7) s) = about 1,900 s of one core; notebook 11 (BreastMNIST, 3 seeds, 9 new settings
+#: of 5 epochs) about 770 s, plus the from-scratch smallcnn. PneumoniaMNIST (64 px, ~47 s an epoch) would add 2,100 s: cut from the cpu
 #: reference run's two-hour budget (issue 23), it stays in the gpu profile.
 _CPU: dict[str, Any] = dict(
     _PAPER,
