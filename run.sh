@@ -7,12 +7,15 @@
 #   bash run.sh book [args]   execute the notebooks, then build; args go to `python -m medsoup.book all`,
 #                             e.g. --profile cpu (2-core machine, hours), --profile gpu, --force
 #   bash run.sh test [args]   the import layers (lint-imports), fast tests (pytest -m "not slow"
-#                             -n auto [args]), every notebook on the smoke profile (two side by
-#                             side), the book build with warnings as errors, and a check of the
-#                             built pages in headless Chromium (links only where it is missing)
+#                             -n auto [args]) beside every notebook on the smoke profile (two
+#                             side by side; their log is printed when the tests end), the book
+#                             build with warnings as errors, and a check of the built pages in
+#                             headless Chromium (links only where it is missing)
 #
 # Both create .venv if it is missing and install the pinned environment
 # (pip install -c constraints.txt -e ".[all]") whenever pyproject.toml or constraints.txt changed.
+# Python's bytecode is written as modules are first imported, into .venv/pycache (the install
+# does not compile the ~16,000 files of the environment, most of which nothing here imports).
 # Both read the MedMNIST files from $MEDSOUP_DATA, else ../shared/data/medmnist beside the checkout
 # where it exists, else the project's data/.
 set -euo pipefail
@@ -22,7 +25,7 @@ VENV=.venv
 STAMP="$VENV/.medsoup-install-stamp"
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -52,6 +55,10 @@ find_python() {
 }
 
 ensure_env() {
+  # Bytecode is compiled on first import, not at install (pip compiles every file of every package: ~45 s
+  # of one core, three quarters of it for modules nothing imports), and kept in the environment.
+  export PYTHONPYCACHEPREFIX="$PWD/$VENV/pycache"
+  unset PYTHONDONTWRITEBYTECODE
   if [ ! -x "$VENV/bin/python" ]; then
     step "create $VENV" "$(find_python)" -m venv "$VENV"
   fi
@@ -59,7 +66,7 @@ ensure_env() {
   want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     step "install pinned dependencies" \
-      "$VENV/bin/python" -m pip install -c constraints.txt -e ".[all]"
+      "$VENV/bin/python" -m pip install --no-compile -c constraints.txt -e ".[all]"
     echo "$want" > "$STAMP"
   fi
 }
@@ -83,6 +90,20 @@ run_tests() {
   if [ "$rc" -eq 5 ]; then
     echo "run.sh: pytest ran no tests (exit 5): tests/ is empty or every test was deselected" >&2
   fi
+  return "$rc"
+}
+
+tests_beside_notebooks() {  # run_tests "$@" while the smoke notebooks execute; fails if either fails
+  local log=_build/execute-smoke.log rc=0 notebooks_rc=0 start=$SECONDS
+  mkdir -p _build
+  "$VENV/bin/python" -m medsoup.book execute --profile smoke --jobs 2 > "$log" 2>&1 &
+  local notebooks=$!
+  run_tests "$@" || rc=$?
+  echo "==> pytest: exit $rc after $((SECONDS - start)) s; the smoke notebooks' log ($log):"
+  wait "$notebooks" || notebooks_rc=$?
+  cat "$log"
+  echo "==> execute notebooks (profile smoke): exit $notebooks_rc after $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] && return "$notebooks_rc"
   return "$rc"
 }
 
@@ -118,9 +139,9 @@ case "$cmd" in
     export MPLBACKEND=Agg
     echo "HF_HUB_OFFLINE=$HF_HUB_OFFLINE"
     step "import layers (lint-imports, contract in pyproject.toml)" "$VENV/bin/lint-imports"
-    step "pytest (not slow)" run_tests "$@"
-    # Every notebook in _toc.yml must be executed for the -W build to pass.
-    step "execute notebooks (profile smoke)" "$VENV/bin/python" -m medsoup.book execute --profile smoke --jobs 2
+    # Every notebook in _toc.yml must be executed for the -W build to pass. The smoke executions run beside
+    # the tests (each test has its own run store and folders): neither keeps both cores busy throughout.
+    step "pytest (not slow) beside the smoke notebooks" tests_beside_notebooks "$@"
     step "build the book (warnings are errors)" "$VENV/bin/python" -m medsoup.book build
     step "check the built pages (headless Chromium)" check_pages
     ;;
