@@ -94,13 +94,17 @@ run_tests() {
 }
 
 tests_beside_notebooks() {  # run_tests "$@" while the smoke notebooks execute; fails if either fails
-  local log=_build/execute-smoke.log rc=0 notebooks_rc=0 start=$SECONDS
+  local log=_build/execute-smoke.log rc=0 notebooks_rc=0 start=$SECONDS notebooks
   mkdir -p _build
-  "$VENV/bin/python" -m medsoup.book execute --profile smoke --jobs 2 > "$log" 2>&1 &
-  local notebooks=$!
+  # In a process group of its own (setsid), which an interrupt (Ctrl-C) or a stop ends with the tests: a
+  # background job of a script ignores Ctrl-C itself.
+  setsid "$VENV/bin/python" -m medsoup.book execute --profile smoke --jobs 2 > "$log" 2>&1 &
+  notebooks=$!
+  trap 'kill -TERM -- "-$notebooks" 2>/dev/null; echo "run.sh: interrupted; stopped the smoke notebooks" >&2; exit 130' INT TERM
   run_tests "$@" || rc=$?
   echo "==> pytest: exit $rc after $((SECONDS - start)) s; the smoke notebooks' log ($log):"
   wait "$notebooks" || notebooks_rc=$?
+  trap - INT TERM
   cat "$log"
   echo "==> execute notebooks (profile smoke): exit $notebooks_rc after $((SECONDS - start)) s"
   [ "$rc" -eq 0 ] && return "$notebooks_rc"
