@@ -143,6 +143,45 @@ def _threads_and_pid():
     return torch.get_num_threads(), os.getpid()
 
 
+def _slow_pid() -> int:
+    time.sleep(0.3)  # long enough that each worker takes a task
+    return os.getpid()
+
+
+def _pool_then_hang(pids) -> None:
+    from medsoup.runs.workers import worker_pool
+    with worker_pool(2) as pool:
+        pids.put(sorted({future.result() for future in [pool.submit(_slow_pid) for _ in range(4)]}))
+        time.sleep(120)  # killed before
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie (dead, not yet reaped) counts as gone
+            return stat.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_owner_takes_its_workers_with_it():
+    context = multiprocessing.get_context("fork")
+    pids = context.Queue()
+    owner = context.Process(target=_pool_then_hang, args=(pids,))
+    owner.start()
+    workers = pids.get(timeout=60)
+    assert len(workers) == 2 and owner.pid not in workers and all(_alive(pid) for pid in workers)
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.join()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # so that a failure leaves nothing behind either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "a killed notebook's workers were left behind"
+
+
 def test_worker_pool_gives_one_thread_workers_or_none():
     from medsoup.runs.workers import worker_pool
     with worker_pool(2) as pool:

@@ -180,6 +180,11 @@ def kernel_environment() -> dict[str, str]:
             "PYTHONWARNINGS": warnings}
 
 
+def clock(seconds: float | None = None) -> str:
+    """Local time as the timings record it (``2026-12-07T02:37:52+0000``): ``seconds`` since the epoch, or now."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
+
+
 def record_timing(root: Path, profile: str, notebook: str, seconds: float, jobs: int = 1,
                   execution: str | None = None) -> Path:
     """Add a notebook's execution time to ``results/timings/<profile>.json`` (the reproducibility
@@ -197,9 +202,8 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float, jobs:
         fcntl.flock(folder, fcntl.LOCK_EX)
         record = json.loads(path.read_text()) if path.is_file() else {}
         now = time.time()
-        record[notebook] = {"seconds": round(seconds, 1),
-                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now - seconds)),
-                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)), "jobs": jobs,
+        record[notebook] = {"seconds": round(seconds, 1), "started": clock(now - seconds), "finished": clock(now),
+                            "jobs": jobs,
                             "execution": execution,
                             # the kernel's torch threads (kernel_environment; fit: TrainConfig.threads)
                             "code_version": code_version(), "machine": {**machine(), "torch_threads": kernel_threads()}}
@@ -265,21 +269,22 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
           + (f", {jobs} side by side" if jobs > 1 else ""), flush=True)
     tags = {source: f"[book] [{i}/{len(sources)}] {source.stem}" for i, source in enumerate(sources, 1)}
     task = dict(out=out, kernel_name=kernel_name, root=root, profile=profile, force=force, log_output=log_output,
-                jobs=jobs, execution=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                jobs=jobs, execution=clock())
     if jobs == 1:
         return [_execute_one(source, shares[source], tags[source], **task) for source in sources]
     import concurrent.futures
     import multiprocessing
 
     chains, readers = execution_order(sources)
+    side_by_side = min(jobs, len(chains)) or 1  # what each notebook's time is recorded with: the readers run alone
     executed = {}
-    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(chains) or 1),
-                                                mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_execute_chain, [(s, shares[s], tags[s]) for s in chain], task) for chain in chains]
+    with concurrent.futures.ProcessPoolExecutor(side_by_side, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_execute_chain, [(s, shares[s], tags[s]) for s in chain], dict(task, jobs=side_by_side))
+                   for chain in chains]
         for future in concurrent.futures.as_completed(futures):
             executed.update(future.result())  # the first failure raises (the other chains finish first)
     for source in readers:
-        executed[source] = _execute_one(source, shares[source], tags[source], **task)
+        executed[source] = _execute_one(source, shares[source], tags[source], **dict(task, jobs=1))
     return [executed[source] for source in sources]
 
 

@@ -297,14 +297,15 @@ def collect_ablations(s: dict, executor=None) -> pd.DataFrame:
                          for (target, name, stage), config, r in _collect(entries, executor)])
 
 
-def _sources(s: dict, target: str, **options) -> tuple[dict, dict, dict[str, list[str]]]:
-    """Source b's and source c's state dicts of the target's MedMerge LP runs, and the merged kernel groups."""
+def _sources(s: dict, target: str, **options) -> tuple[dict, dict, nn.Module]:
+    """Source b's and source c's state dicts of the target's MedMerge LP runs, and a model of their
+    architecture (untrained, 1000 classes) for the merged kernel groups or a permutation spec."""
     config = medmerge_lp_run(s, target, 0, **options)
     arch = {"name": s["model"], "num_classes": 1000, "in_chans": config.in_chans, "img_size": s["size"]}
     params = config.builder_params
     state_b = source_state(params["source_b"], arch)
     state_c = source_state(params["source_c"], arch, like=state_b)
-    return state_b, state_c, merged_keys(create_model(arch["name"], 1000, arch["in_chans"], arch["img_size"]))
+    return state_b, state_c, create_model(arch["name"], 1000, arch["in_chans"], arch["img_size"])
 
 
 def alignment_shift(s: dict, target: str) -> float:
@@ -313,10 +314,9 @@ def alignment_shift(s: dict, target: str) -> float:
     correspond, so "align, then average" is the plain average of the two: the control "MedMerge, w fixed
     at 0.5" (:data:`CONTROLS`) is then that baseline as well. Only the backbones are matched: the sources'
     classifiers answer different tasks (MedMerge merges no head)."""
-    config = medmerge_lp_run(s, target, 0)
-    state_b, state_c, _ = _sources(s, target)
+    state_b, state_c, model = _sources(s, target)
     head = "classifier."
-    spec = permutation_spec(create_model(s["model"], 1000, config.in_chans, s["size"])).without(head)
+    spec = permutation_spec(model).without(head)
     backbone_b, backbone_c = ({k: v for k, v in state.items() if not k.startswith(head)} for state in (state_b, state_c))
     return moved_share(weight_matching(spec, backbone_b, backbone_c))
 
@@ -339,9 +339,9 @@ def learnt_weights(s: dict, target: str, seed: int, sources: tuple | None = None
     """Per-kernel ``w`` of a finished MedMerge LP run, recovered from its baked model
     (:func:`~medsoup.merging.medmerge.recover_weights`); ``w`` near 1 favours source b. ``sources``:
     :func:`_sources`'s result, when already loaded."""
-    state_b, state_c, groups = sources or _sources(s, target, **options)
+    state_b, state_c, model = sources or _sources(s, target, **options)
     result = run(medmerge_lp_run(s, target, seed, **options), progress=False)
-    return recover_weights(result.load_state(), state_b, state_c, groups)
+    return recover_weights(result.load_state(), state_b, state_c, merged_keys(model))
 
 
 def seed_weights(s: dict, target: str, seeds: Iterable[int] | None = None,
@@ -375,8 +375,8 @@ def w_bound(s: dict, target: str, w_scale: float | None = None) -> float:
 def source_distance(s: dict, target: str) -> float:
     """``|K(b) - K(c)| / |K(b)|`` over every merged kernel of the target's two sources: how different
     the backbones MedMerge merges are (0: one network, where ``w`` cannot matter)."""
-    state_b, state_c, groups = _sources(s, target)
-    keys = [k for group in groups.values() for k in group]
+    state_b, state_c, model = _sources(s, target)
+    keys = [k for group in merged_keys(model).values() for k in group]
     diff = sum(float((state_b[k].double() - state_c[k].double()).pow(2).sum()) for k in keys)
     return (diff / sum(float(state_b[k].double().pow(2).sum()) for k in keys)) ** 0.5
 

@@ -12,8 +12,11 @@ With a CUDA GPU the runs train one after the other in the notebook's own process
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -27,8 +30,20 @@ def default_workers() -> int:
     return 0 if torch.cuda.is_available() else (os.cpu_count() or 1)
 
 
-def _one_thread() -> None:
+#: Linux's prctl option that has the kernel signal a process when the thread that created it ends.
+PR_SET_PDEATHSIG = 1
+
+
+def _start_worker(parent: int) -> None:
+    """One torch thread; on Linux the worker is also sent SIGTERM when ``parent``, the process that made it,
+    dies, so a killed notebook kernel (or a stopped book execution) does not leave its workers behind, idle.
+    (Linux signals when the creating thread ends: :func:`worker_pool`'s first ``submit`` forks the workers, so
+    submit from a thread that outlives the pool, as the chapters do from the notebook's.)"""
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
 
 
 @contextmanager
@@ -43,7 +58,8 @@ def worker_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor | No
         yield None
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_one_thread)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_start_worker,
+                               initargs=(os.getpid(),))
     try:
         yield pool
     finally:
