@@ -14,8 +14,8 @@
 #
 # Both create .venv if it is missing and install the pinned environment
 # (pip install -c constraints.txt -e ".[all]") whenever pyproject.toml or constraints.txt changed.
-# Python's bytecode is written as modules are first imported, into .venv/pycache (the install
-# does not compile the ~16,000 files of the environment, most of which nothing here imports).
+# Python's bytecode is written as modules are first imported, where Python looks for it (the
+# install does not compile the ~16,000 files of the environment, most of which nothing here imports).
 # Both read the MedMNIST files from $MEDSOUP_DATA, else ../shared/data/medmnist beside the checkout
 # where it exists, else the project's data/.
 set -euo pipefail
@@ -56,8 +56,8 @@ find_python() {
 
 ensure_env() {
   # Bytecode is compiled on first import, not at install (pip compiles every file of every package: ~45 s
-  # of one core, three quarters of it for modules nothing imports), and kept in the environment.
-  export PYTHONPYCACHEPREFIX="$PWD/$VENV/pycache"
+  # of one core, three quarters of it for modules nothing imports), and written to the usual __pycache__
+  # folders (the environment's, git-ignored ones in the checkout), so .venv/bin/python used directly finds it too.
   unset PYTHONDONTWRITEBYTECODE
   if [ ! -x "$VENV/bin/python" ]; then
     step "create $VENV" "$(find_python)" -m venv "$VENV"
