@@ -180,11 +180,6 @@ def kernel_environment() -> dict[str, str]:
             "PYTHONWARNINGS": warnings}
 
 
-def clock(seconds: float | None = None) -> str:
-    """Local time as the timings record it (``2026-12-07T02:37:52+0000``): ``seconds`` since the epoch, or now."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
-
-
 def record_timing(root: Path, profile: str, notebook: str, seconds: float, jobs: int = 1,
                   execution: str | None = None) -> Path:
     """Add a notebook's execution time to ``results/timings/<profile>.json`` (the reproducibility
@@ -193,7 +188,7 @@ def record_timing(root: Path, profile: str, notebook: str, seconds: float, jobs:
     part of an earlier run), machine and code version are recorded with it."""
     from medsoup.core.checkpoint import atomic_write_text
     from medsoup.runs.provenance import code_version, machine
-    from medsoup.runs.results import timings_path
+    from medsoup.runs.results import clock, timings_path
 
     path = timings_path(profile, root / "results")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,6 +240,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     ``PreflightError`` listing what the selected notebooks need that is missing and not downloadable.
     """
     from medsoup.runs.profiles import resolve_profile  # imports torch
+    from medsoup.runs.results import clock
 
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
@@ -265,18 +261,18 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
     # No progress bars in executed notebooks: they would be kept as outputs in the book's pages.
     os.environ["MEDSOUP_PROGRESS"] = "0"
 
+    chains, readers = execution_order(sources)
+    side_by_side = min(jobs, len(chains)) or 1  # what each notebook's time is recorded with: the readers run alone
     print(f"[book] {len(sources)} notebook(s), parameters {params}, output {out}"
-          + (f", {jobs} side by side" if jobs > 1 else ""), flush=True)
+          + (f", {side_by_side} side by side" if side_by_side > 1 else ""), flush=True)
     tags = {source: f"[book] [{i}/{len(sources)}] {source.stem}" for i, source in enumerate(sources, 1)}
     task = dict(out=out, kernel_name=kernel_name, root=root, profile=profile, force=force, log_output=log_output,
-                jobs=jobs, execution=clock())
-    if jobs == 1:
+                jobs=1, execution=clock())
+    if side_by_side == 1:
         return [_execute_one(source, shares[source], tags[source], **task) for source in sources]
     import concurrent.futures
     import multiprocessing
 
-    chains, readers = execution_order(sources)
-    side_by_side = min(jobs, len(chains)) or 1  # what each notebook's time is recorded with: the readers run alone
     executed = {}
     with concurrent.futures.ProcessPoolExecutor(side_by_side, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_execute_chain, [(s, shares[s], tags[s]) for s in chain], dict(task, jobs=side_by_side))
@@ -284,7 +280,7 @@ def execute_notebooks(profile: str, only: Iterable[str] | None = None,
         for future in concurrent.futures.as_completed(futures):
             executed.update(future.result())  # the first failure raises (the other chains finish first)
     for source in readers:
-        executed[source] = _execute_one(source, shares[source], tags[source], **dict(task, jobs=1))
+        executed[source] = _execute_one(source, shares[source], tags[source], **task)
     return [executed[source] for source in sources]
 
 

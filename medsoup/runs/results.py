@@ -96,6 +96,12 @@ def check_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
+def clock(seconds: float | None = None) -> str:
+    """Local time as results and timings record it (``2026-12-07T02:37:52+0000``): ``seconds`` since the epoch,
+    or now."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
+
+
 def write_results(stem: str, s: Mapping[str, Any], *, rows: Sequence[Mapping[str, Any]], root: str | Path = RESULTS_DIR,
                   path: str | Path | None = None, **payload) -> Path:
     """Write one notebook's results file atomically and return its path (see the module docstring).
@@ -113,7 +119,7 @@ def write_results(stem: str, s: Mapping[str, Any], *, rows: Sequence[Mapping[str
     record = {"profile": s["profile"], "reference": reference,
               "settings": {k: v for k, v in s.items() if k not in ("profile", "overrides")},
               "overrides": dict(s.get("overrides") or {}), "code_version": code_version(),
-              "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": check_rows(rows), **payload}
+              "written": clock(), "rows": check_rows(rows), **payload}
     path = results_path(stem, s, root) if path is None else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1, default=to_json))
