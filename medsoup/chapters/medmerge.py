@@ -120,8 +120,9 @@ _CPU: dict[str, Any] = dict(
     # whose LP model sat at the constant classifier in the cold runs of 2026-12-06/07 (test ACC over seeds 0-2: clamp
     # .737, source b + zeros .731, w_scale 1 .733; predicting the majority class scores .731), so that they are
     # compared where they learnt something. Not 'parameter level' (.761) and 'BN frozen during LP' (.774): each
-    # FT costs ~115 s of one core a seed, and the two-hour budget of the cpu reference run (issue 23) holds about
-    # nine such runs more; the gpu profile fine-tunes every ablation.
+    # FT costs 104-121 s of one core a seed (those nine runs, two one-thread workers side by side), and with these
+    # nine the cpu reference run's recorded time is 118.3 min of its two hours (issue 23; page 90), leaving no room
+    # for six more; the gpu profile fine-tunes every ablation.
     ablation_ft=("MedMerge (sigmoid, kernel, BN trainable)", "clamp instead of sigmoid", "source b + zeros",
                  "w_scale 1 (plain sigmoid)"),
 )
